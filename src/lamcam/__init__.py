@@ -1,0 +1,37 @@
+"""lamcam: exact class-activation maps and local attribution maps for PyTorch image models.
+
+>>> import lamcam
+>>> sorted(lamcam.METHODS)[:3]
+['cam', 'gradcam', 'gradcam++']
+"""
+
+from lamcam.cam import (
+    CAM,
+    METHODS,
+    CAMResult,
+    GradCAM,
+    GradCAMPlusPlus,
+    GradCAMPlusPlusSoftmax,
+    GuidedBackprop,
+    GuidedGradCAM,
+    GuidedGradCAMPlusPlus,
+    explain,
+)
+from lamcam.targets import TopK
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAM",
+    "METHODS",
+    "CAMResult",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradCAMPlusPlusSoftmax",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "GuidedGradCAMPlusPlus",
+    "TopK",
+    "__version__",
+    "explain",
+]

@@ -1,0 +1,3 @@
+from lamcam.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,801 @@
+"""The CAM family: CAM, Grad-CAM, Grad-CAM++ (exact, and its softmax variant), Guided Backprop,
+Guided Grad-CAM and Guided Grad-CAM++.
+
+Notation as in SPEC §1: ``A`` is the target layer's activation ``(B, C, *spatial)``, ``S^c`` the
+pre-softmax score of class c and ``g = ∂S^c/∂A``.
+
+The channel weights are pure functions (:func:`gradcam_weights`, :func:`gradcampp_weights`,
+:func:`gradcampp_softmax_weights`); the classes bind them to a model. One call costs one forward
+pass and one backward pass *to the layer* per target (never to the parameters: no parameter
+``.grad`` is ever computed).
+
+Example:
+    >>> import torch, torch.nn as nn, lamcam
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+    ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    >>> res = lamcam.GradCAMPlusPlus(net, layer="1")(torch.rand(2, 3, 16, 16))
+    >>> res.maps.shape, float(res.maps.max()) <= 1.0
+    (torch.Size([2, 16, 16]), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lamcam.guided import GuidedReLUMode, warn_unseen_activations
+from lamcam.hooks import (
+    LayerSpec,
+    LayerTap,
+    auto_layer,
+    model_guard,
+    resolve_layers,
+    tokens_to_grid,
+)
+from lamcam.maps import normalize_minmax, upsample_maps
+from lamcam.targets import Target, resolve_target
+
+__all__ = [
+    "CAM",
+    "CAMResult",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradCAMPlusPlusSoftmax",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "GuidedGradCAMPlusPlus",
+    "METHODS",
+    "cam_from_weights",
+    "explain",
+    "gradcam_weights",
+    "gradcampp_alpha",
+    "gradcampp_softmax_alpha",
+    "gradcampp_softmax_weights",
+    "gradcampp_weights",
+]
+
+log = logging.getLogger("lamcam")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure mathematics
+# --------------------------------------------------------------------------------------------
+
+
+def _spatial(t: Tensor, lead: int) -> tuple[int, ...]:
+    return tuple(range(lead, t.ndim))
+
+
+def _wide(t: Tensor) -> Tensor:
+    """float16/bfloat16 → float32 (g² underflows in half precision); wider types are kept."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def gradcam_weights(grads: Tensor) -> Tensor:
+    """Grad-CAM channel weights: the spatial mean of the gradient.
+
+    Args:
+        grads: ``(B, K, C, *spatial)`` gradients of K target scores w.r.t. the layer.
+
+    Returns:
+        ``(B, K, C)``.
+
+    Example:
+        >>> gradcam_weights(torch.ones(1, 1, 2, 3, 3)).tolist()
+        [[[1.0, 1.0]]]
+    """
+    return _wide(grads).mean(dim=_spatial(grads, 3))
+
+
+def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, and 0 where den == 0 (finite gradients everywhere, no epsilon)."""
+    nz = den != 0
+    return torch.where(nz, num / torch.where(nz, den, torch.ones_like(den)), 0.0)
+
+
+def gradcampp_alpha(acts: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM++ ``α`` of paper eq. 19 for ``Y = exp(S)``: ``g² / (2 g² + (Σ_ab A_ab) g³)``.
+
+    0 where the denominator is 0; no epsilon (an epsilon of 1e-6 dominates real last-layer
+    gradients and turns the method into ``Σ relu(g)³``). Computed in float32 or wider.
+
+    Args:
+        acts: ``(B, C, *spatial)`` layer activation.
+        grads: ``(B, K, C, *spatial)`` gradients of K target scores ``S`` w.r.t. ``acts``.
+
+    Returns:
+        ``(B, K, C, *spatial)``.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0, 2.0]]]])           # B=1, C=1, 1x2: Σ A = 3
+        >>> g = torch.tensor([[[[[0.5, -1.0]]]]])        # B=1, K=1
+        >>> gradcampp_alpha(a, g)                        # 1/(2 + 3g)
+        tensor([[[[[ 0.2857, -1.0000]]]]])
+    """
+    a = _wide(acts).unsqueeze(1)
+    g = _wide(grads)
+    g2 = g * g
+    sum_a = a.sum(dim=_spatial(g, 3), keepdim=True)
+    return _safe_ratio(g2, 2 * g2 + sum_a * g2 * g)
+
+
+def gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights, exact (paper eq. 19): ``w = Σ_ij α_ij relu(g_ij)``.
+
+    The positive factor ``exp(S)`` is dropped (it cancels in α and only scales w), so nothing
+    overflows for large scores. See :func:`gradcampp_alpha`.
+
+    Args:
+        acts: ``(B, C, *spatial)``; grads: ``(B, K, C, *spatial)``.
+
+    Returns:
+        ``(B, K, C)``.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0, 2.0]]]])
+        >>> g = torch.tensor([[[[[0.5, -1.0]]]]])
+        >>> gradcampp_weights(a, g)                      # 0.2857 * 0.5
+        tensor([[[0.1429]]])
+    """
+    g = _wide(grads)
+    return (gradcampp_alpha(acts, g) * g.clamp(min=0)).sum(dim=_spatial(g, 3))
+
+
+def gradcampp_softmax_weights(
+    acts: Tensor, grads: Tensor, m1: Tensor, m2: Tensor, m3: Tensor
+) -> Tensor:
+    """Grad-CAM++ weights for ``Y^c = softmax(S)_c`` (the paper's softmax variant), divided by ``Y^c``.
+
+    For a head that is piecewise linear after the layer, with ``s'_k = ∂S^k/∂A_ij`` for all K
+    classes, ``m_p = Σ_k Y^k s'_k^p`` and ``u = s'_c − m1``:
+    ``Y'/Y = u``, ``Y''/Y = u² − (m2 − m1²)``, ``Y'''/Y = u³ − 3u(m2 − m1²) − (m3 − 3 m1 m2 + 2 m1³)``.
+    ``α = Y'' / (2Y'' + Σ_ab A_ab Y''')`` (``Y^c`` cancels) and ``w = Σ α relu(Y'/Y^c)``.
+
+    Args:
+        acts: ``(B, C, *spatial)``.
+        grads: ``(B, K, C, *spatial)``, ``∂S^c/∂A`` for each of the K targets.
+        m1, m2, m3: ``(B, C, *spatial)`` softmax-weighted moments of all classes' gradients.
+
+    Returns:
+        ``(B, K, C)``, the weights divided by the positive factor ``Y^c``.
+    """
+    alpha, d1 = gradcampp_softmax_alpha(acts, grads, m1, m2, m3)
+    return (alpha * d1.clamp(min=0)).sum(dim=_spatial(alpha, 3))
+
+
+def gradcampp_softmax_alpha(
+    acts: Tensor, grads: Tensor, m1: Tensor, m2: Tensor, m3: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(α, Y'/Y^c)`` of the softmax variant, each ``(B, K, C, *spatial)``.
+
+    See :func:`gradcampp_softmax_weights` for the formulas.
+    """
+    a = _wide(acts).unsqueeze(1)
+    g = _wide(grads)
+    m1, m2, m3 = (_wide(m).unsqueeze(1) for m in (m1, m2, m3))
+    u = g - m1
+    var = m2 - m1 * m1
+    skew = m3 - 3 * m1 * m2 + 2 * m1**3
+    d2 = u * u - var
+    d3 = u**3 - 3 * u * var - skew
+    sum_a = a.sum(dim=_spatial(g, 3), keepdim=True)
+    return _safe_ratio(d2, 2 * d2 + sum_a * d3), u
+
+
+def cam_from_weights(acts: Tensor, weights: Tensor) -> Tensor:
+    """``relu(Σ_k w_k A^k)``: ``acts (B, C, *S)`` and ``weights (B, K, C)`` → ``(B, K, *S)``.
+
+    Example:
+        >>> cam_from_weights(torch.ones(1, 2, 3, 3), torch.tensor([[[1.0, -3.0]]])).amax()
+        tensor(0.)
+    """
+    a = _wide(acts)
+    w = weights.to(a.dtype)
+    out = torch.einsum("bkc,bc...->bk...", w, a)
+    return out.clamp(min=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CAMResult:
+    """What a CAM method returns.
+
+    Attributes:
+        maps: CAM methods: ``(B, *input_spatial)`` in [0, 1] (``(B, K, ...)`` when several
+            targets per image were asked, e.g. ``TopK``). Gradient methods (``kind ==
+            "gradient"``: guided backprop, guided Grad-CAM(++)): ``(B, [K,] C, *input_spatial)``,
+            signed.
+        raw: the un-normalised map at the layer's resolution, ``(B, [K,] *layer_spatial)``; a
+            tuple of those, one per layer, when several layers were fused.
+        logits: the model's outputs.
+        targets: ``(B, [K])`` class indices explained, or ``None`` for a callable target.
+        scores: ``(B, [K])`` the explained scores (pre-softmax).
+        method, layer_names, kind: what produced the maps.
+        images: the input batch (detached), used by :meth:`overlay` and for display.
+    """
+
+    maps: Tensor
+    raw: Tensor | tuple[Tensor, ...]
+    logits: Any
+    targets: Tensor | None
+    scores: Tensor
+    method: str
+    layer_names: list[str]
+    kind: str = "cam"
+    images: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def multi(self) -> bool:
+        """True when maps carry a K dimension (several targets per image)."""
+        return self.scores.ndim == 2
+
+    def _per_image_maps(self) -> list[list[Tensor]]:
+        m = self.maps if self.multi else self.maps.unsqueeze(1)
+        return [list(row) for row in m]
+
+    def overlay(
+        self, images: Tensor | None = None, alpha: float = 0.5, cmap: str = "jet"
+    ) -> list[Any]:
+        """PIL images: each map over its image (gradient maps rendered on their own).
+
+        Returns a flat list in image-major order: ``B`` images, or ``B * K`` when several targets
+        per image were explained. Only for 2-D inputs.
+        """
+        from lamcam.viz.overlay import gradient_image, overlay_cam
+
+        images = self.images if images is None else images
+        nd = 3 if self.kind == "gradient" else 2
+        if self.maps.ndim - (1 if self.multi else 0) - 1 != nd:
+            raise ValueError(
+                "overlay() draws 2-D maps; for 1-D or 3-D inputs index the maps yourself "
+                "(e.g. res.maps[:, t] for frame t of a video)"
+            )
+        out = []
+        for b, row in enumerate(self._per_image_maps()):
+            for m in row:
+                m = m.detach().float().cpu()
+                if self.kind == "gradient":
+                    out.append(gradient_image(m))
+                else:
+                    if images is None:
+                        raise ValueError("overlay() needs the images the maps belong to")
+                    out.append(overlay_cam(images[b].detach().float().cpu(), m, alpha=alpha,
+                                           cmap=cmap))
+        return out
+
+    def save(self, out_dir: str | Path, stem: str = "img") -> list[Path]:
+        """Write ``<stem><b>_<method>.npy`` (raw maps) and overlays as PNG; return the paths."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = self.method.replace("+", "p")
+        written = []
+        raws = self.raw if isinstance(self.raw, tuple) else (self.raw,)
+        for b in range(self.maps.shape[0]):
+            path = out_dir / f"{stem}{b}_{tag}.npy"
+            arr = [r[b].detach().float().cpu().numpy() for r in raws]
+            np.save(path, arr[0] if len(arr) == 1 else np.stack(arr))
+            written.append(path)
+        try:
+            pictures = self.overlay()
+        except ValueError:
+            return written
+        per = len(pictures) // self.maps.shape[0]
+        for i, pic in enumerate(pictures):
+            b, k = divmod(i, per)
+            path = out_dir / (f"{stem}{b}_{tag}.png" if per == 1 else f"{stem}{b}_{tag}_k{k}.png")
+            pic.save(path)
+            written.append(path)
+        return written
+
+    def _repr_png_(self) -> bytes | None:
+        try:
+            pictures = self.overlay()
+        except (ValueError, ImportError):
+            return None
+        from PIL import Image
+
+        w = sum(p.width for p in pictures)
+        h = max(p.height for p in pictures)
+        strip = Image.new("RGB", (w, h), "white")
+        x = 0
+        for p in pictures:
+            strip.paste(p, (x, 0))
+            x += p.width
+        buf = io.BytesIO()
+        strip.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Explainers
+# --------------------------------------------------------------------------------------------
+
+
+def _first_conv(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+
+@dataclass
+class _Pass:
+    """Everything one explanation needs from the forward pass."""
+
+    x: Tensor
+    outputs: Any
+    scores: Tensor  # (B, K)
+    indices: Tensor | None  # (B, K)
+    taps: list[LayerTap]
+    multi: bool
+    grads_cache: list[Tensor] | None = None
+
+
+class BaseCAM:
+    """Binds a method to a model. Subclasses say how channels are weighted.
+
+    Args:
+        model: any ``nn.Module`` taking ``(B, C, *spatial)`` float tensors.
+        layer: dotted name, module, a list of them, or ``None`` to pick the last feature map
+            before the head (see :func:`lamcam.hooks.auto_layer`; ``self.layer_names`` tells which).
+            With several layers, each layer's map is upsampled and normalised, then the maps are
+            fused by ``fuse`` ("mean" or "max").
+        reshape: optional callable turning the layer's output ``(B, ...)`` into ``(B, C, *S)``.
+            Without it, ``(B, N, D)`` token outputs of ViT-style models are put on a grid inferred
+            from N and the input's aspect ratio, dropping class/register tokens.
+        differentiable: keep maps in the autograd graph (``create_graph=True``), e.g. to train a
+            student on a teacher's explanations.
+    """
+
+    method = ""
+    kind = "cam"
+    guided = False
+    needs_layer = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        *,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+        fuse: str = "mean",
+        differentiable: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if fuse not in ("mean", "max"):
+            raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+        self.model = model
+        self.reshape = reshape
+        self.fuse = fuse
+        self.differentiable = differentiable
+        self._layer_spec = layer
+        self._layers = resolve_layers(model, layer) if layer is not None else None
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the explained layers (known after the first call when picked automatically)."""
+        return [n for n, _ in self._layers] if self._layers else []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer={self.layer_names or 'auto'})"
+
+    # -- input checks ----------------------------------------------------------------------
+
+    def _check_input(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise TypeError(
+                f"images must be a torch.Tensor (B, C, *spatial), got {type(images).__name__}; "
+                "load files with lamcam.io.load_image"
+            )
+        if not images.is_floating_point():
+            raise TypeError(
+                f"images have integer dtype {images.dtype}; convert them to float in the model's "
+                "input range, e.g. images.float() / 255"
+            )
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "explaining needs autograd, which torch.inference_mode() disables; call lamcam "
+                "outside the inference_mode block (torch.no_grad() is fine)"
+            )
+        conv = _first_conv(self.model)
+        if conv is not None:
+            want = conv.weight.ndim  # conv weight (O, I/groups, *k) → input rank = k dims + 2
+            if images.ndim != want:
+                hint = " (add a batch dimension: images[None])" if images.ndim == want - 1 else ""
+                raise ValueError(
+                    f"images have shape {tuple(images.shape)} but {type(self.model).__name__} "
+                    f"expects {want}-D input (B, C, {', '.join('…' * (want - 2))}){hint}"
+                )
+            if images.shape[1] != conv.in_channels:
+                fix = (
+                    " (grayscale to RGB: images.expand(-1, 3, *images.shape[2:]))"
+                    if images.shape[1] == 1 and conv.in_channels == 3 else ""
+                )
+                raise ValueError(
+                    f"images have {images.shape[1]} channels but the model's first convolution "
+                    f"takes {conv.in_channels}{fix}"
+                )
+        elif images.ndim < 3:
+            raise ValueError(
+                f"images must be (B, C, *spatial), got shape {tuple(images.shape)}"
+            )
+        param = next(iter(self.model.parameters()), None)
+        if param is not None and (images.device != param.device or (
+                param.is_floating_point() and images.dtype != param.dtype)):
+            images = images.to(device=param.device, dtype=param.dtype)
+        if images.is_inference():
+            images = images.clone()
+        return images
+
+    # -- the forward pass ---------------------------------------------------------------------
+
+    def _grid(self, t: Tensor, x: Tensor) -> Tensor:
+        """Layer output (or gradients with a folded K dim) → ``(N, C, *S)``."""
+        if self.reshape is not None:
+            return self.reshape(t)
+        if t.ndim == x.ndim:
+            return t
+        if t.ndim == 3 and x.ndim == 4:
+            return tokens_to_grid(t, x.shape[2:])[0]
+        raise ValueError(
+            f"the layer output has shape {tuple(t.shape)}, which is neither a feature map of the "
+            f"input's rank {x.ndim} nor (B, N, D) tokens; pass reshape=callable -> (B, C, *S)"
+        )
+
+    def _grid_k(self, g: Tensor, x: Tensor) -> Tensor:
+        """Gradients ``(B, K, *layer_shape)`` → ``(B, K, C, *S)``."""
+        b, k = g.shape[:2]
+        grid = self._grid(g.flatten(0, 1), x)
+        return grid.reshape(b, k, *grid.shape[1:])
+
+    def _gradients(self, p: _Pass, wrt: Sequence[Tensor], labels: Sequence[str]) -> list[Tensor]:
+        """``∂ scores[:, k] / ∂ t`` for each k: ``[(B, K, *t.shape[1:]) for t in wrt]``."""
+        k_total = p.scores.shape[1]
+        per: list[list[Tensor]] = [[] for _ in wrt]
+        for k in range(k_total):
+            try:
+                gs = torch.autograd.grad(
+                    p.scores[:, k].sum(), list(wrt), retain_graph=True,
+                    create_graph=self.differentiable, allow_unused=True,
+                )
+            except RuntimeError as e:
+                raise RuntimeError(f"the backward pass through the model failed: {e}") from e
+            for i, g in enumerate(gs):
+                if g is None:
+                    raise ValueError(
+                        f"the target score does not depend on {labels[i]!r}: no gradient flows "
+                        "from the score to it. Choose a layer on the path to the output (for "
+                        "ViT-style models the last block's norm1, e.g. 'blocks.11.norm1', not its "
+                        "output)"
+                    )
+                per[i].append(g)
+        return [torch.stack(g, dim=1) for g in per]
+
+    def _layer_grads(self, p: _Pass) -> list[Tensor]:
+        if p.grads_cache is None:
+            raw = self._gradients(p, [t.output for t in p.taps], self.layer_names)
+            grads = [self._grid_k(g, p.x) for g in raw]
+            for i, g in enumerate(grads):
+                flat = g.detach().flatten(2).abs().amax(dim=2)  # (B, K)
+                if bool((flat == 0).all()):
+                    raise ValueError(
+                        f"the gradient of the target score w.r.t. layer {self.layer_names[i]!r} is "
+                        "exactly zero for every image: the target does not depend on this layer "
+                        "(e.g. a layer after the last use of its features, or dead ReLUs). "
+                        "Choose an earlier layer"
+                    )
+                if bool((flat == 0).any()):
+                    bad = sorted({int(b) for b in (flat == 0).nonzero()[:, 0]})
+                    warnings.warn(
+                        f"zero gradient at layer {self.layer_names[i]!r} for image(s) {bad}: "
+                        "their maps are all zeros", stacklevel=4,
+                    )
+            p.grads_cache = grads
+        return p.grads_cache
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        """Raw maps ``(B, K, *S)`` per layer. Subclasses weight channels in :meth:`weights`."""
+        grads = self._layer_grads(p)
+        return [cam_from_weights(a, self.weights(a, g)) for a, g in zip(acts, grads, strict=True)]
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, target: Target = None) -> CAMResult:
+        """Explain ``images`` ``(B, C, *spatial)`` for ``target`` (see :mod:`lamcam.targets`)."""
+        x = self._check_input(images)
+        model = self.model
+        with torch.enable_grad(), model_guard(model) as handles:
+            if self._layers is None and self.needs_layer:
+                name, module = auto_layer(model, x)
+                self._layers = [(name, module)]
+                log.info("%s: explaining layer %r (picked automatically)", self.method, name)
+            taps = [LayerTap(n, m) for n, m in (self._layers or [])]
+            for t in taps:
+                handles.append(t.module.register_forward_hook(t.hook))
+            mode = GuidedReLUMode() if self.guided else contextlib.nullcontext()
+            if self.guided:
+                x = x.detach().requires_grad_(True)
+            with mode:
+                try:
+                    outputs = model(x)
+                except (RuntimeError, ValueError, TypeError) as e:
+                    raise type(e)(
+                        f"the model's forward pass failed on input of shape {tuple(x.shape)}: {e}"
+                    ) from e
+            for h in handles:
+                h.remove()
+            handles.clear()
+            self._check_outputs(outputs)
+            scores, idx, multi = resolve_target(outputs, target)
+            p = _Pass(x, outputs, scores, idx, taps, multi)
+
+            maps = raw = None
+            if taps:
+                acts = [self._grid(t.output, x) for t in taps]
+                raws = self._layer_maps(p, acts)
+                size = x.shape[2:]
+                ups = [normalize_minmax(upsample_maps(r, size), len(size)) for r in raws]
+                if len(ups) == 1:
+                    maps = ups[0]
+                elif self.fuse == "mean":
+                    maps = normalize_minmax(torch.stack(ups).mean(0), len(size))
+                else:
+                    maps = torch.stack(ups).amax(0)
+                raw = raws[0] if len(raws) == 1 else tuple(raws)
+            if self.guided:
+                assert isinstance(mode, GuidedReLUMode)
+                warn_unseen_activations(model, mode.count)
+                mode.switch.guided = True
+                (gg,) = self._gradients(p, [x], ["the input"])  # (B, K, C, *S)
+                maps = gg if maps is None else maps.unsqueeze(2) * gg
+                raw = gg if raw is None else raw
+
+        def out(t: Tensor) -> Tensor:
+            t = t if self.differentiable else t.detach()
+            return t if multi else t.squeeze(1)
+
+        return CAMResult(
+            maps=out(maps),
+            raw=tuple(out(r) for r in raw) if isinstance(raw, tuple) else out(raw),
+            logits=outputs.detach() if isinstance(outputs, Tensor) and not self.differentiable
+            else outputs,
+            targets=None if idx is None else (idx if multi else idx[:, 0]),
+            scores=out(scores),
+            method=self.method,
+            layer_names=self.layer_names,
+            kind=self.kind,
+            images=images.detach(),
+        )
+
+    @staticmethod
+    def _check_outputs(outputs: Any) -> None:
+        tensors = [outputs] if isinstance(outputs, Tensor) else (
+            list(outputs.values()) if isinstance(outputs, dict) else
+            list(outputs) if isinstance(outputs, tuple | list) else [])
+        for t in tensors:
+            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero()[:, 0].tolist()
+                raise ValueError(
+                    f"the model's outputs contain NaN or inf (images {bad[:10]}); check the input "
+                    "range and normalisation, and the model's weights"
+                )
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): channel weight = spatial mean of ``∂S^c/∂A``.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 3))
+        >>> GradCAM(net, "0")(torch.rand(2, 3, 10, 10), target=[0, 2]).maps.shape
+        torch.Size([2, 10, 10])
+    """
+
+    method = "gradcam"
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return gradcam_weights(grads)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018), exact eq. 19 — see :func:`gradcampp_weights`.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 3))
+        >>> GradCAMPlusPlus(net, "1")(torch.rand(1, 3, 10, 10)).raw.shape
+        torch.Size([1, 8, 8])
+    """
+
+    method = "gradcam++"
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return gradcampp_weights(acts, grads)
+
+
+class GradCAMPlusPlusSoftmax(BaseCAM):
+    """Grad-CAM++ with ``Y^c = softmax(S)_c`` — see :func:`gradcampp_softmax_weights`.
+
+    Needs the gradient of every class score w.r.t. the layer: one backward pass to the layer per
+    class (moments are accumulated on the fly, so memory does not grow with the class count).
+    Targets must be classes, not callables.
+    """
+
+    method = "gradcam++softmax"
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        if p.indices is None:
+            raise ValueError(
+                "the softmax variant of Grad-CAM++ needs class scores; a callable target has no "
+                "softmax over classes. Use GradCAMPlusPlus with the callable"
+            )
+        grads = self._layer_grads(p)  # (B, K, C, *S) per layer: s'_c for the targets
+        logits = p.outputs
+        probs = torch.softmax(_wide(logits), dim=1)
+        if not self.differentiable:
+            probs = probs.detach()
+        wrt = [t.output for t in p.taps]
+        moments = [[None, None, None] for _ in wrt]
+        for j in range(logits.shape[1]):
+            gs = torch.autograd.grad(logits[:, j].sum(), wrt, retain_graph=True,
+                                     create_graph=self.differentiable)
+            for i, g in enumerate(gs):
+                g = self._grid(_wide(g), p.x)
+                y = probs[:, j].reshape(-1, *([1] * (g.ndim - 1)))
+                g2 = g * g
+                for n, term in enumerate((y * g, y * g2, y * g2 * g)):
+                    cur = moments[i][n]
+                    moments[i][n] = term if cur is None else cur + term
+        return [
+            cam_from_weights(a, gradcampp_softmax_weights(a, g, *m))
+            for a, g, m in zip(acts, grads, moments, strict=True)
+        ]
+
+
+class CAM(BaseCAM):
+    """Class Activation Mapping (Zhou et al. 2016): the head's weights ``W[c, k]`` as channel weights.
+
+    Applies only to models whose outputs are ``linear(global_average_pool(A))`` of the layer; this
+    is checked on every call (the logits must equal ``fc(mean(A)) + b``), and a model that does not
+    fit gets an error suggesting Grad-CAM, which equals CAM up to a factor on such models.
+
+    Args:
+        fc: the final ``nn.Linear`` (name or module); by default the last ``nn.Linear`` whose input
+            size equals the layer's channel count.
+    """
+
+    method = "cam"
+
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, *,
+                 fc: str | nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(model, layer, **kwargs)
+        self._fc = resolve_layers(model, fc)[0][1] if fc is not None else None
+
+    def _find_fc(self, channels: int) -> nn.Linear:
+        if self._fc is not None:
+            if not isinstance(self._fc, nn.Linear):
+                raise ValueError(f"fc must be an nn.Linear, got {type(self._fc).__name__}")
+            return self._fc
+        linears = [m for m in self.model.modules()
+                   if isinstance(m, nn.Linear) and m.in_features == channels]
+        if not linears:
+            raise ValueError(
+                f"CAM needs conv → global average pool → linear, but {type(self.model).__name__} "
+                f"has no nn.Linear taking the layer's {channels} channels. Use GradCAM, which "
+                "needs no particular head"
+            )
+        return linears[-1]
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        if len(acts) != 1:
+            raise ValueError("CAM explains one layer: the one feeding the global average pool")
+        if p.indices is None:
+            raise ValueError("CAM needs class targets (the head's weight rows), not a callable")
+        a = acts[0]
+        fc = self._find_fc(a.shape[1])
+        pooled = a.mean(dim=tuple(range(2, a.ndim)))
+        predicted = F.linear(pooled, fc.weight, fc.bias)
+        logits = p.outputs
+        scale = float(logits.detach().abs().max()) + 1.0
+        if predicted.shape != logits.shape or not torch.allclose(
+            predicted.detach(), logits.detach(), rtol=1e-4, atol=1e-4 * scale
+        ):
+            raise ValueError(
+                f"CAM needs conv → global average pool → linear: the logits of "
+                f"{type(self.model).__name__} are not fc(mean(A)) of layer {self.layer_names[0]!r} "
+                "(another layer, an activation or dropout sits between them, or the head is not "
+                "linear). Use GradCAM, which equals CAM up to a factor when the structure holds"
+            )
+        w = fc.weight[p.indices]  # (B, K, C)
+        return [cam_from_weights(a, w)]
+
+
+class GuidedBackprop(BaseCAM):
+    """Guided Backpropagation: the input gradient with every ReLU passing back only positive
+    gradient at positions with positive input. Batched; the model's modules are not replaced.
+
+    .. warning:: fails the model-randomisation sanity check (Adebayo et al. 2018): its detail
+       mostly shows image edges, not what the weights learned. See :mod:`lamcam.guided`.
+
+    ``maps`` are ``(B, [K,] C, *spatial)`` signed gradients; ``kind == "gradient"``.
+    """
+
+    method = "guided-backprop"
+    kind = "gradient"
+    guided = True
+    needs_layer = False
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, None, **kwargs)
+
+
+class GuidedGradCAM(GradCAM):
+    """Guided Grad-CAM: the Grad-CAM map (upsampled, [0, 1]) times the guided input gradient.
+
+    .. warning:: fails the model-randomisation sanity check (Adebayo et al. 2018).
+    """
+
+    method = "guided-gradcam"
+    kind = "gradient"
+    guided = True
+
+
+class GuidedGradCAMPlusPlus(GradCAMPlusPlus):
+    """Guided Grad-CAM++: the Grad-CAM++ map (upsampled, [0, 1]) times the guided input gradient.
+
+    .. warning:: fails the model-randomisation sanity check (Adebayo et al. 2018).
+    """
+
+    method = "guided-gradcam++"
+    kind = "gradient"
+    guided = True
+
+
+METHODS: dict[str, type[BaseCAM]] = {
+    cls.method: cls
+    for cls in (CAM, GradCAM, GradCAMPlusPlus, GradCAMPlusPlusSoftmax, GuidedBackprop,
+                GuidedGradCAM, GuidedGradCAMPlusPlus)
+}
+
+
+def explain(model: nn.Module, images: Tensor, method: str = "gradcam++",
+            layer: LayerSpec = None, target: Target = None, **kwargs: Any) -> CAMResult:
+    """One call: ``explain(model, images, "gradcam++", layer="layer4", target=None)``.
+
+    ``method`` is a key of :data:`METHODS` (case and ``_``/``-`` insensitive, "gradcampp" works).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 3))
+        >>> explain(net, torch.rand(1, 3, 12, 12), "gradcam").maps.shape
+        torch.Size([1, 12, 12])
+    """
+    key = method.lower().replace("_", "-").replace("pp", "++").replace(" ", "")
+    if key not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(METHODS), n=3)
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
+    cls = METHODS[key]
+    if cls is GuidedBackprop:
+        return cls(model, **kwargs)(images, target=target)
+    return cls(model, layer, **kwargs)(images, target=target)
+
