@@ -35,3 +35,14 @@ __all__ = [
     "__version__",
     "explain",
 ]
+
+_SUBMODULES = {"cam", "demo", "guided", "hooks", "io", "maps", "targets", "viz", "zoo"}
+
+
+def __getattr__(name: str):
+    """Import submodules on first use (``lamcam.zoo``, ``lamcam.io``, ``lamcam.viz``)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"lamcam.{name}")
+    raise AttributeError(f"module 'lamcam' has no attribute {name!r}")

@@ -651,21 +651,52 @@ class GradCAMPlusPlusSoftmax(BaseCAM):
         if not self.differentiable:
             probs = probs.detach()
         wrt = [t.output for t in p.taps]
-        moments = [[None, None, None] for _ in wrt]
-        for j in range(logits.shape[1]):
-            gs = torch.autograd.grad(logits[:, j].sum(), wrt, retain_graph=True,
-                                     create_graph=self.differentiable)
-            for i, g in enumerate(gs):
-                g = self._grid(_wide(g), p.x)
-                y = probs[:, j].reshape(-1, *([1] * (g.ndim - 1)))
+        moments: list[list[Tensor | float]] = [[0.0, 0.0, 0.0] for _ in wrt]
+        for j0, gs in self._class_jacobian(logits, wrt):
+            for i, g in enumerate(gs):  # g: (J, B, *layer_shape) for classes j0 .. j0 + J - 1
+                g = _wide(g)
+                y = probs[:, j0:j0 + g.shape[0]].T.reshape(*g.shape[:2], *([1] * (g.ndim - 2)))
                 g2 = g * g
                 for n, term in enumerate((y * g, y * g2, y * g2 * g)):
-                    cur = moments[i][n]
-                    moments[i][n] = term if cur is None else cur + term
+                    moments[i][n] = moments[i][n] + term.sum(0)
+        moments = [[self._grid(m, p.x) for m in ms] for ms in moments]
         return [
             cam_from_weights(a, gradcampp_softmax_weights(a, g, *m))
             for a, g, m in zip(acts, grads, moments, strict=True)
         ]
+
+
+    def _class_jacobian(self, logits: Tensor, wrt: list[Tensor], chunk_elems: int = 2**25):
+        """Yield ``(j0, grads)`` with ``grads[i]`` = ``∂S^j/∂wrt[i]`` stacked for a chunk of classes.
+
+        Uses one vectorised backward per chunk (``is_grads_batched``); models whose backward has
+        no batching rule fall back to one backward per class.
+        """
+        n_cls = logits.shape[1]
+        per_class = sum(t.numel() for t in wrt)
+        chunk = max(1, min(n_cls, chunk_elems // max(per_class, 1)))
+        batched = chunk > 1
+        j0 = 0
+        while j0 < n_cls:
+            j1 = min(n_cls, j0 + chunk)
+            if batched:
+                eye = torch.zeros(j1 - j0, *logits.shape, dtype=logits.dtype, device=logits.device)
+                eye[torch.arange(j1 - j0), :, torch.arange(j0, j1)] = 1
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # vmap's "performance drop" notes
+                        gs = torch.autograd.grad(logits, wrt, grad_outputs=eye, retain_graph=True,
+                                                 create_graph=self.differentiable,
+                                                 is_grads_batched=True)
+                except RuntimeError:
+                    batched, chunk = False, 1
+                    continue
+            else:
+                gs = tuple(g.unsqueeze(0) for g in torch.autograd.grad(
+                    logits[:, j0].sum(), wrt, retain_graph=True, create_graph=self.differentiable))
+                j1 = j0 + 1
+            yield j0, gs
+            j0 = j1
 
 
 class CAM(BaseCAM):
