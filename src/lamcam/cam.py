@@ -282,7 +282,7 @@ class CAMResult:
         """Write ``<stem><b>_<method>.npy`` (raw maps) and overlays as PNG; return the paths."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tag = self.method.replace("+", "p")
+        tag = self.method
         written = []
         raws = self.raw if isinstance(self.raw, tuple) else (self.raw,)
         for b in range(self.maps.shape[0]):

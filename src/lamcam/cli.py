@@ -1,0 +1,531 @@
+"""The ``lamcam`` command line.
+
+Subcommands:
+
+* ``lamcam cam IMAGE... --model NAME|CHECKPOINT`` -- attribution maps for image files;
+* ``lamcam demo`` -- every bundled sample through every bundled classifier and CAM method,
+  with an HTML report.
+
+Exit status: 0 success; 1 some input images could not be read (the others were processed);
+2 usage or configuration error (bad option, unwritable output directory, unknown model or layer,
+target out of range, ...); 3 unexpected internal error. Errors are reported on one line on
+stderr; ``--debug`` adds the Python traceback.
+
+Adding a subcommand: write ``_add_<name>_parser(subparsers)`` that registers its options and
+``set_defaults(func=<handler>)`` with a handler ``(args) -> int``, and append it to
+``_SUBCOMMANDS``.
+
+Example:
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    lamcam ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "parse_target", "CliError"]
+
+#: CAM-family methods shown in help texts (the authoritative list is ``lamcam.METHODS``).
+_METHOD_HELP = (
+    "cam, gradcam, gradcam++, gradcam++softmax, guided-backprop, guided-gradcam, guided-gradcam++"
+)
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    """A user-facing error: printed on one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _err(msg: str) -> None:
+    print(f"lamcam: error: {msg}", file=sys.stderr)
+
+
+def _note(msg: str) -> None:
+    print(f"lamcam: note: {msg}", file=sys.stderr)
+
+
+def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, file=None, line=None):
+    """Warnings become one-line notes on stderr (no source line, no file:line noise)."""
+    _note(str(message))
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def parse_target(spec: str, classes: Sequence[str] | None = None) -> Any:
+    """Turn a ``--target`` string into a lamcam target.
+
+    ``"pred"`` -> ``None`` (predicted class); ``"3"`` -> ``3``; ``"top5"`` -> ``lamcam.TopK(5)``;
+    a class name from ``classes`` -> its index.
+
+    Raises:
+        CliError: unrecognised specification.
+
+    Example:
+        >>> parse_target("pred") is None, parse_target("2"), parse_target("star", ["o", "star"])
+        (True, 2, 1)
+        >>> parse_target("top3").k
+        3
+    """
+    s = spec.strip()
+    if s.lower() in ("pred", "predicted", "none"):
+        return None
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    m = re.fullmatch(r"top-?(\d+)", s.lower())
+    if m:
+        from lamcam import TopK
+
+        k = int(m.group(1))
+        if k < 1:
+            raise CliError(f"--target {spec!r}: k must be at least 1")
+        return TopK(k)
+    if classes:
+        lowered = [c.lower() for c in classes]
+        if s.lower() in lowered:
+            return lowered.index(s.lower())
+        raise CliError(
+            f"--target {spec!r} is not 'pred', a class index, 'topK' or a class name "
+            f"(classes: {', '.join(classes)})"
+        )
+    raise CliError(f"--target {spec!r} is not 'pred', a class index or 'topK' (e.g. top5)")
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    meta = getattr(model, "lamcam_meta", None)
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _class_name(classes: Sequence[str] | None, idx: int) -> str:
+    if classes and 0 <= idx < len(classes):
+        return str(classes[idx])
+    return f"class {idx}"
+
+
+def _safe_name(text: str) -> str:
+    """File-name-safe version of a class name (``"golden retriever"`` -> ``"golden_retriever"``)."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def _make_explainer(method: str, model: Any, layer: Any, explicit_layer: bool = False) -> Any:
+    """Instantiate ``lamcam.METHODS[method]``, passing ``layer`` only to methods that take one."""
+    import inspect
+
+    import lamcam
+
+    methods = lamcam.METHODS
+    if method not in methods:
+        raise CliError(f"unknown method {method!r}; choose from {', '.join(methods)}")
+    cls = methods[method]
+    try:
+        takes_layer = "layer" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_layer = True
+    if takes_layer:
+        return cls(model, layer=layer)
+    if explicit_layer:
+        _note(f"method {method!r} does not use a layer; --layer ignored")
+    return cls(model)
+
+
+def _load_model(spec: str, arch: str | None) -> Any:
+    from lamcam import zoo
+
+    return zoo.load(spec, arch=arch)
+
+
+def _input_mode(meta: dict[str, Any]) -> str:
+    channels = meta.get("channels", meta.get("in_channels", 3))
+    return "L" if channels == 1 else "RGB"
+
+
+def _input_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
+    size = meta.get("input_size")
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+# --------------------------------------------------------------------------------------------
+# lamcam cam
+# --------------------------------------------------------------------------------------------
+
+
+def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "cam",
+        parents=[common],
+        help="class activation maps for image files",
+        description=(
+            "Explain a classifier's decision on image files. Writes, per image:\n"
+            "  <stem>_<method>.png  overlay (gradient image for guided-* methods);\n"
+            "                       with --target topK, one per rank:\n"
+            "                       <stem>_<method>_top<r>_<class>.png\n"
+            "  <stem>_<method>.npy  the raw layer-resolution map(s)\n"
+            "and prints one line per image (prediction, probability, target)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  lamcam cam img.png --model shapes_vgg\n"
+            "  lamcam cam a.png b.jpg --model shapes_resnet --method gradcam --target top3\n"
+            "  lamcam cam x.png --model ckpt.safetensors --arch shapes_vgg --layer features.20\n"
+            "\nexit status: 0 ok, 1 some images could not be read, 2 usage/configuration error"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME|CHECKPOINT",
+        help="bundled model name (see lamcam.zoo.list_models()) or a checkpoint path",
+    )
+    p.add_argument("--arch", default=None, help="architecture of a checkpoint given to --model")
+    p.add_argument(
+        "--layer",
+        default=None,
+        metavar="L",
+        help="layer to explain: dotted module name, or several separated by commas "
+        "(default: the model's default layer, else picked automatically)",
+    )
+    p.add_argument(
+        "--method",
+        default="gradcam++",
+        metavar="M",
+        help=f"attribution method: {_METHOD_HELP} (default: gradcam++)",
+    )
+    p.add_argument(
+        "--target",
+        default="pred",
+        metavar="T",
+        help="class to explain: 'pred' (predicted, default), a class index, a class name, "
+        "or topK (e.g. top5) for the K best classes",
+    )
+    p.add_argument(
+        "--out", default="lamcam-out", metavar="DIR", help="output directory (default: lamcam-out)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)"
+    )
+    p.add_argument(
+        "--cmap", default="jet", help="matplotlib colormap of the overlay (default: jet)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="images per forward pass (default: 16)",
+    )
+    p.set_defaults(func=_run_cam)
+
+
+def _run_cam(args: argparse.Namespace) -> int:
+    import torch
+
+    from lamcam.io import ImageLoadError, ensure_writable_dir, load_image
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    out_dir = ensure_writable_dir(args.out)  # fail before any work
+
+    model = _load_model(args.model, args.arch)
+    meta = _model_meta(model)
+    classes = meta.get("classes")
+    target = parse_target(args.target, classes)
+    layer: Any = args.layer if args.layer is not None else meta.get("default_layer")
+    if isinstance(layer, str) and "," in layer:
+        layer = [s.strip() for s in layer.split(",") if s.strip()]
+    explainer = _make_explainer(args.method, model, layer, explicit_layer=args.layer is not None)
+    hw = _input_hw(meta)
+    mode = _input_mode(meta)
+
+    failed: list[str] = []
+    used_stems: dict[str, int] = {}
+    queue: list[tuple[Path, str, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not queue:
+            return
+        batch = torch.stack([x for _, _, x in queue])
+        res = explainer(batch, target=target)
+        probs = torch.softmax(res.logits.detach().float(), dim=1)
+        pred = probs.argmax(dim=1)
+        for i, (path, stem, image) in enumerate(queue):
+            _write_cam_outputs(
+                args, out_dir, res, i, path, stem, image, probs[i], int(pred[i]), classes
+            )
+        queue.clear()
+
+    for name in args.images:
+        path = Path(name)
+        try:
+            x = load_image(path, mode=mode, size=hw)
+        except ImageLoadError as e:
+            _err(f"{e} (skipped)")
+            failed.append(name)
+            continue
+        stem = path.stem
+        n = used_stems.get(stem, 0)
+        used_stems[stem] = n + 1
+        if n:
+            stem = f"{stem}_{n + 1}"
+            _note(f"{name}: another input has the same name; writing outputs as {stem}_*")
+        queue.append((path, stem, x))
+        if len(queue) >= args.batch_size:
+            flush()
+    flush()
+
+    if failed:
+        _err(f"{len(failed)} of {len(args.images)} image(s) could not be read: {', '.join(failed)}")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _write_cam_outputs(
+    args: argparse.Namespace,
+    out_dir: Path,
+    res: Any,
+    i: int,
+    path: Path,
+    stem: str,
+    image: Any,
+    probs: Any,
+    pred: int,
+    classes: Sequence[str] | None,
+) -> None:
+    """Write the PNG(s) and the .npy of image ``i`` of ``res`` and print its summary line."""
+    import numpy as np
+
+    from lamcam.viz import gradient_image, overlay_cam
+
+    method = args.method
+    kind = getattr(res, "kind", "cam")
+    maps = res.maps[i].detach().cpu()
+    multi = maps.ndim == (4 if kind == "gradient" else 3)
+    targets = getattr(res, "targets", None)
+    if targets is None:
+        t_idx: list[int | None] = [None] * (maps.shape[0] if multi else 1)
+    else:
+        t = targets[i]
+        t_idx = [int(v) for v in t.reshape(-1).tolist()]
+
+    raw = getattr(res, "raw", None)
+    raws = raw if isinstance(raw, tuple) else (res.maps if raw is None else raw,)
+    arrs = [r[i].detach().cpu().float().numpy() for r in raws]
+    if len(arrs) == 1:
+        np.save(out_dir / f"{stem}_{method}.npy", arrs[0])
+    elif len({a.shape for a in arrs}) == 1:  # several layers of one resolution: (L, ...)
+        np.save(out_dir / f"{stem}_{method}.npy", np.stack(arrs))
+    else:  # several layers of different resolutions: one file per layer
+        names = list(getattr(res, "layer_names", [])) or [str(j) for j in range(len(arrs))]
+        for lname, a in zip(names, arrs, strict=False):
+            np.save(out_dir / f"{stem}_{method}_{_safe_name(lname)}.npy", a)
+
+    def render(m: Any) -> Any:
+        if kind == "gradient":
+            return gradient_image(m)
+        return overlay_cam(image, m, alpha=args.alpha, cmap=args.cmap)
+
+    written: list[Path] = []
+    if multi:
+        for r in range(maps.shape[0]):
+            c = t_idx[r] if r < len(t_idx) else None
+            cname = _safe_name(_class_name(classes, c)) if c is not None else "target"
+            png = out_dir / f"{stem}_{method}_top{r + 1}_{cname}.png"
+            render(maps[r]).save(png)
+            written.append(png)
+    else:
+        png = out_dir / f"{stem}_{method}.png"
+        render(maps).save(png)
+        written.append(png)
+
+    pred_txt = f"pred {_class_name(classes, pred)} (p={float(probs[pred]):.3f})"
+    if targets is None:
+        tgt_txt = "target custom score"
+    elif multi:
+        tgt_txt = "targets " + ", ".join(
+            f"{_class_name(classes, c)} (p={float(probs[c]):.3f})" for c in t_idx if c is not None
+        )
+    else:
+        c = t_idx[0]
+        tgt_txt = f"target {_class_name(classes, c)} (p={float(probs[c]):.3f})"
+    shown = written[0] if len(written) == 1 else out_dir / f"{stem}_{method}_top*.png"
+    print(f"{path}: {pred_txt}, {tgt_txt} -> {shown}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# lamcam demo
+# --------------------------------------------------------------------------------------------
+
+
+def _add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run every CAM method on the bundled samples and write an HTML report",
+        description=(
+            "Run every bundled sample image through the bundled classifiers with every "
+            "CAM-family method, write one side-by-side figure per (model, image) and an "
+            "index.html linking them, and print a summary."
+        ),
+    )
+    p.add_argument(
+        "--out", default="lamcam-out", metavar="DIR", help="output directory (default: lamcam-out)"
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        metavar="M1,M2",
+        help="comma-separated model names or checkpoints (default: every bundled classifier, "
+        "i.e. shapes_vgg,shapes_resnet)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N sample images (default: all)",
+    )
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from lamcam.demo import run_demo
+    from lamcam.io import ensure_writable_dir
+
+    out_dir = ensure_writable_dir(args.out)
+    models = None
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not models:
+            raise CliError("--models is empty")
+    if args.max_images is not None and args.max_images < 1:
+        raise CliError(f"--max-images must be positive, got {args.max_images}")
+    summary = run_demo(out_dir, models=models, max_images=args.max_images)
+    print(summary.format())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# parser and entry point
+# --------------------------------------------------------------------------------------------
+
+_SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    _add_cam_parser,
+    _add_demo_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lamcam`` argument parser (one subparser per entry of ``_SUBCOMMANDS``).
+
+    Example:
+        >>> build_parser().parse_args(["demo", "--out", "x"]).out
+        'x'
+    """
+    from lamcam import __version__
+
+    # --debug is accepted both before and after the subcommand; SUPPRESS keeps the subparser
+    # from overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show Python tracebacks on errors",
+    )
+    parser = argparse.ArgumentParser(
+        prog="lamcam",
+        description="Exact CAM-family and LAM attribution maps for PyTorch image models.",
+        epilog="Run 'lamcam <command> --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"lamcam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for add in _SUBCOMMANDS:
+        add(sub, common)
+    return parser
+
+
+def _is_library_error(e: BaseException) -> bool:
+    library = (ValueError, LookupError, TypeError, OSError, RuntimeError, ImportError)
+    if isinstance(e, library):
+        return True
+    try:
+        import lamcam
+
+        base = getattr(lamcam, "LamcamError", None)
+    except Exception:  # pragma: no cover - broken install
+        return False
+    return isinstance(base, type) and isinstance(e, base)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Example:
+        >>> main([])  # doctest: +ELLIPSIS
+        usage: lamcam ...
+        2
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    if getattr(args, "command", None) is None:
+        parser.print_usage(sys.stdout)
+        print("lamcam: choose a command: " + ", ".join(_command_names(parser)), file=sys.stdout)
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args))
+        except CliError as e:
+            if debug:
+                traceback.print_exc()
+            _err(str(e))
+            return e.code
+        except KeyboardInterrupt:
+            _err("interrupted")
+            return 130
+        except Exception as e:  # noqa: BLE001 - the CLI's job is to turn these into one line
+            if debug:
+                traceback.print_exc()
+            msg = " ".join(str(e).split()) or type(e).__name__
+            if _is_library_error(e):
+                _err(msg)
+                return EXIT_USAGE
+            _err(f"internal error: {type(e).__name__}: {msg} (re-run with --debug for details)")
+            return EXIT_INTERNAL
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:  # argparse exposes no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []

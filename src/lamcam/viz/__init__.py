@@ -1,0 +1,26 @@
+"""Visualisation: CAM overlays, gradient renderings, side-by-side method figures, HTML reports.
+
+Nothing here imports matplotlib at import time; it is loaded (Agg canvas only) on first use.
+
+Example:
+    >>> import torch
+    >>> from lamcam.viz import overlay_cam, gradient_image
+    >>> overlay_cam(torch.rand(3, 16, 16), torch.rand(4, 4)).size
+    (16, 16)
+    >>> gradient_image(torch.zeros(3, 8, 8)).getpixel((0, 0))
+    (128, 128, 128)
+"""
+
+from lamcam.viz.overlay import gradient_image, heatmap, methods_figure, overlay_cam, to_pil
+from lamcam.viz.report import ReportImage, Section, write_index_html
+
+__all__ = [
+    "to_pil",
+    "heatmap",
+    "overlay_cam",
+    "gradient_image",
+    "methods_figure",
+    "ReportImage",
+    "Section",
+    "write_index_html",
+]

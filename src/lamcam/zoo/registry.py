@@ -1,0 +1,542 @@
+"""Model registry: shipped reference models by name, and checkpoints by path.
+
+Two tables, filled in ONE place (the "built-in registrations" section at the end of this file;
+later model families, e.g. super-resolution networks, add their lines there):
+
+* architectures -- :func:`register_arch`: a name -> builder (``**config -> nn.Module``) plus the
+  defaults that describe what the network is (task, CAM target layer, input size, classes) and
+  optionally how to recover its config from a bare state dict;
+* models -- :func:`register`: a name -> architecture + weights file shipped in
+  ``lamcam/zoo/weights/`` + static metadata.
+
+:func:`load` returns an ``eval()`` model carrying ``model.lamcam_meta`` (a dict with at least
+``name``, ``arch``, ``task``, ``classes``, ``input_size``, ``default_layer``). Checkpoints are
+``.safetensors`` (read by :mod:`lamcam._safetensors`) or ``.pth``/``.pt`` files read with
+``torch.load(weights_only=True)`` only -- never unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.resources
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lamcam import _safetensors
+
+__all__ = [
+    "ZooError",
+    "UnknownModelError",
+    "ArchSpec",
+    "ModelEntry",
+    "register_arch",
+    "register",
+    "list_models",
+    "list_archs",
+    "info",
+    "load",
+    "samples",
+    "sample_annotations",
+]
+
+PathLike = str | os.PathLike
+
+
+class ZooError(ValueError):
+    """A model could not be loaded: corrupt file, unknown architecture, mismatched weights..."""
+
+
+class UnknownModelError(ZooError, KeyError):
+    """A name is neither a registered model nor an existing file."""
+
+    def __str__(self) -> str:  # KeyError would show the message repr()-quoted
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """An architecture: how to build it and what its models are.
+
+    Attributes:
+        name: architecture name, as stored in checkpoint metadata ``arch``.
+        builder: ``builder(**config) -> nn.Module``.
+        task: e.g. ``"classification"`` or ``"super_resolution"``.
+        default_layer: dotted module name of the default attribution target layer.
+        input_size: native input side in pixels (None if any).
+        classes: default class names (classification), used when a checkpoint has none.
+        infer_config: ``state_dict -> config`` for checkpoints without a stored config.
+        defaults: extra metadata every model of this architecture gets (e.g. ``scale``).
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    task: str
+    default_layer: str | None = None
+    input_size: int | None = None
+    classes: tuple[str, ...] | None = None
+    infer_config: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: architecture + weights file + static metadata.
+
+    ``weights_file`` is a file name inside the package's ``zoo/weights/`` directory, or an
+    absolute path.
+    """
+
+    name: str
+    arch: str
+    weights_file: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_ARCHS: dict[str, ArchSpec] = {}
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_arch(
+    name: str,
+    builder: Callable[..., nn.Module] | None = None,
+    *,
+    task: str,
+    default_layer: str | None = None,
+    input_size: int | None = None,
+    classes: tuple[str, ...] | None = None,
+    infer_config: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Any:
+    """Register an architecture; usable directly or as a class/function decorator.
+
+    ``register_arch("Net", Net, task="classification", default_layer="layer3")`` or::
+
+        @register_arch("Net", task="classification", default_layer="layer3")
+        class Net(nn.Module): ...
+    """
+
+    def _do(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _ARCHS and _ARCHS[name].builder is not fn:
+            raise ValueError(f"architecture {name!r} is already registered")
+        _ARCHS[name] = ArchSpec(
+            name, fn, task, default_layer, input_size, classes, infer_config, dict(defaults or {})
+        )
+        return fn
+
+    return _do(builder) if builder is not None else _do
+
+
+def register(
+    name: str,
+    *,
+    arch: str,
+    weights_file: str,
+    meta: Mapping[str, Any] | None = None,
+    description: str = "",
+) -> None:
+    """Register a model ``name`` of architecture ``arch`` whose weights are ``weights_file``.
+
+    ``meta`` overrides the architecture defaults (and is itself overridden by the metadata
+    stored in the weights file).
+    """
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = ModelEntry(name, arch, weights_file, dict(meta or {}), description)
+
+
+def list_models() -> list[str]:
+    """Sorted names of the registered models, e.g. ``["shapes_resnet", "shapes_vgg"]``."""
+    return sorted(_MODELS)
+
+
+def list_archs() -> list[str]:
+    """Sorted names of the registered architectures."""
+    return sorted(_ARCHS)
+
+
+# --------------------------------------------------------------------------------------------
+# metadata helpers
+# --------------------------------------------------------------------------------------------
+_JSON_KEYS = {"classes", "config"}
+_INT_KEYS = {
+    "input_size", "num_params", "seed", "train_seed", "eval_seed", "eval_n", "n_train",
+    "epochs", "scale",
+}  # fmt: skip
+_FLOAT_KEYS = {"accuracy", "train_time_s"}
+
+
+def _parse_meta(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn stored (string) metadata into Python values: JSON lists/dicts, ints, floats."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, str):
+            try:
+                if k in _JSON_KEYS:
+                    v = json.loads(v)
+                elif k in _INT_KEYS:
+                    v = int(v)
+                elif k in _FLOAT_KEYS:
+                    v = float(v)
+            except ValueError:
+                if k == "classes":  # tolerate "a,b,c"
+                    v = [c.strip() for c in v.split(",") if c.strip()]
+        out[k] = v
+    if "classes" in out and out["classes"] is not None:
+        out["classes"] = [str(c) for c in out["classes"]]
+    return out
+
+
+def _unknown_name(name: str) -> UnknownModelError:
+    names = list_models()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UnknownModelError(
+        f"unknown model {name!r} (and no such file).{hint} Available models: "
+        f"{', '.join(names) or '(none)'}; or pass the path of a .safetensors / .pth checkpoint."
+    )
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise _unknown_name(name)
+    return _MODELS[name]
+
+
+@contextlib.contextmanager
+def _weights_path(entry: ModelEntry) -> Iterator[Path]:
+    if os.path.isabs(entry.weights_file):
+        yield Path(entry.weights_file)
+        return
+    res = importlib.resources.files("lamcam.zoo").joinpath("weights").joinpath(entry.weights_file)
+    with importlib.resources.as_file(res) as p:
+        yield Path(p)
+
+
+def _missing_weights(entry: ModelEntry, path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"weights of model {entry.name!r} not found at {path}. The package data is missing: "
+        f"reinstall lamcam, or regenerate them with "
+        f"`python -m lamcam.zoo.train_classifiers --model {entry.name} --out {path.parent}`."
+    )
+
+
+def info(name: str) -> dict[str, Any]:
+    """Describe registered model ``name`` without building it (reads only the file header).
+
+    Returns the metadata :func:`load` would attach, plus ``description``, ``weights_file``
+    (absolute path), ``weights_bytes`` and ``available`` (whether the weights file exists).
+    """
+    entry = _entry(name)
+    spec = _ARCHS.get(entry.arch)
+    meta = _defaults(spec) if spec is not None else {"arch": entry.arch}
+    meta.update(_parse_meta(entry.meta))
+    with _weights_path(entry) as path:
+        available = path.is_file()
+        if available:
+            meta.update(_parse_meta(_safetensors.read_metadata(path)))
+        meta.update(
+            name=name,
+            arch=entry.arch,
+            description=entry.description,
+            weights_file=str(path),
+            weights_bytes=path.stat().st_size if available else None,
+            available=available,
+        )
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint reading
+# --------------------------------------------------------------------------------------------
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "params_ema", "params", "net")
+_META_KEYS = ("lamcam_meta", "meta", "metadata")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return _safetensors.load_file(path), _safetensors.read_metadata(path)
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping):
+        raise ZooError(f"torch.load gave a {type(obj).__name__}, not a dict / state dict")
+    meta: dict[str, Any] = {}
+    for key in _META_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            meta.update(obj[key])
+    if isinstance(obj.get("arch"), str):
+        meta.setdefault("arch", obj["arch"])
+    state: Any = obj
+    for key in _CONTAINER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            state = obj[key]
+            break
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ZooError(
+            f"not a state dict: {len(bad)} entries are not tensors (e.g. {bad[:3]}); expected "
+            f"a raw state dict or one under one of the keys {list(_CONTAINER_KEYS)}"
+        )
+    state = dict(state)
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state, meta
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``path`` with every loader that may apply (the suffix decides the order)."""
+    loaders: list[tuple[str, Callable[[Path], tuple[dict, dict]]]] = [
+        ("safetensors", _read_safetensors),
+        ("torch.load(weights_only=True)", _read_torch),
+    ]
+    if path.suffix.lower() != ".safetensors":
+        loaders.reverse()
+    errors = []
+    for label, fn in loaders:
+        try:
+            return fn(path)
+        except Exception as e:  # noqa: BLE001 - every failure is reported below
+            errors.append(f"  - {label}: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+    raise ZooError(
+        f"cannot read checkpoint {path}: it is corrupt or not a supported format. Tried:\n"
+        + "\n".join(errors)
+        + "\nSupported: .safetensors files and .pth/.pt state dicts (raw, or under "
+        "'state_dict' / 'model'); re-save the weights with model.state_dict()."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# building
+# --------------------------------------------------------------------------------------------
+def _defaults(spec: ArchSpec) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "arch": spec.name,
+        "task": spec.task,
+        "default_layer": spec.default_layer,
+        "input_size": spec.input_size,
+    }
+    if spec.classes is not None:
+        meta["classes"] = list(spec.classes)
+    meta.update(spec.defaults)
+    return meta
+
+
+def _infer_arch(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The single registered architecture whose state-dict keys and shapes match, if any."""
+    matches = []
+    for spec in _ARCHS.values():
+        if spec.infer_config is None:
+            continue
+        try:
+            ref = spec.builder(**spec.infer_config(state)).state_dict()
+        except Exception:  # noqa: BLE001 - this architecture does not fit
+            continue
+        if ref.keys() == state.keys() and all(ref[k].shape == state[k].shape for k in ref):
+            matches.append(spec.name)
+    return matches[0] if len(matches) == 1 else None
+
+
+def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, src: str) -> None:
+    ref = model.state_dict()
+    missing = [k for k in ref if k not in state]
+    unexpected = [k for k in state if k not in ref]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(ref[k].shape)}"
+        for k in ref
+        if k in state and state[k].shape != ref[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def _few(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f", ... (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys [{_few(missing)}]")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys [{_few(unexpected)}]")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches [{_few(shapes)}]")
+    raise ZooError(
+        f"the weights in {src} do not fit architecture {arch!r}: " + "; ".join(parts) + ". "
+        "Check that arch= names the network these weights were trained for (and that its "
+        "config, e.g. num_classes/width, matches)."
+    )
+
+
+def _build(
+    state: dict[str, torch.Tensor],
+    file_meta: Mapping[str, Any],
+    *,
+    arch: str | None,
+    name: str,
+    base_meta: Mapping[str, Any],
+    src: str,
+) -> nn.Module:
+    meta = _parse_meta(file_meta)
+    arch = arch or meta.get("arch") or _infer_arch(state)
+    if arch is None:
+        raise ZooError(
+            f"cannot tell the architecture of {src}: its metadata has no 'arch' and its keys "
+            f"match no registered architecture. Pass arch= one of {list_archs()}."
+        )
+    if arch not in _ARCHS:
+        raise ZooError(
+            f"unknown architecture {arch!r} for {src}. Registered architectures: "
+            f"{list_archs()}; pass arch= one of them, or register yours with "
+            "lamcam.zoo.register_arch()."
+        )
+    spec = _ARCHS[arch]
+    config = meta.get("config")
+    if not isinstance(config, Mapping):
+        config = spec.infer_config(state) if spec.infer_config is not None else {}
+    try:
+        model = spec.builder(**config)
+    except Exception as e:
+        raise ZooError(f"cannot build {arch!r} with config {dict(config)} from {src}: {e}") from e
+    _check_state(model, state, arch, src)
+    model.load_state_dict(state)
+    model.eval()
+
+    full = _defaults(spec)
+    full.update(_parse_meta(base_meta))
+    full.update(meta)
+    full.update(name=name, arch=arch, config=dict(config), source=src)
+    n_out = config.get("num_classes")
+    if spec.task == "classification" and n_out is not None:
+        classes = full.get("classes")
+        if not isinstance(classes, list) or len(classes) != n_out:
+            full["classes"] = [f"class_{i}" for i in range(n_out)]
+    full.setdefault("classes", [])
+    full["num_params"] = sum(p.numel() for p in model.parameters())
+    model.lamcam_meta = full
+    return model
+
+
+def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Module:
+    """Load a registered model by name, or a checkpoint file by path.
+
+    Args:
+        name_or_path: a name from :func:`list_models`, or the path of a ``.safetensors`` file
+            or a ``.pth``/``.pt`` state dict (raw, or under ``"state_dict"``/``"model"``).
+        arch: architecture name (see :func:`list_archs`); needed for checkpoints whose
+            metadata has no ``arch`` and whose keys match no registered architecture.
+
+    Returns:
+        The model on CPU in eval mode, with ``model.lamcam_meta`` (dict: ``name``, ``arch``,
+        ``task``, ``classes``, ``input_size``, ``default_layer``, ``config``, ``source``,
+        ``num_params`` and whatever else the checkpoint's metadata holds).
+
+    Raises:
+        UnknownModelError: not a registered name and not an existing file (lists the names).
+        FileNotFoundError: a path (or a registered model's weights) does not exist.
+        ZooError: corrupt file, unknown architecture, or weights that do not fit.
+    """
+    if isinstance(name_or_path, str) and name_or_path in _MODELS:
+        entry = _MODELS[name_or_path]
+        with _weights_path(entry) as path:
+            if not path.is_file():
+                raise _missing_weights(entry, path)
+            state, meta = _read_checkpoint(path)
+        return _build(
+            state, meta, arch=arch or entry.arch, name=entry.name, base_meta=entry.meta,
+            src=str(path),
+        )
+    path = Path(name_or_path)
+    if not path.exists():
+        text = str(name_or_path)
+        looks_like_name = "/" not in text and os.sep not in text and not path.suffix
+        if isinstance(name_or_path, str) and looks_like_name:
+            raise _unknown_name(text)
+        raise FileNotFoundError(
+            f"{path}: no such checkpoint file (registered model names: {', '.join(list_models())})"
+        )
+    if not path.is_file():
+        raise ZooError(f"{path} is a directory; pass a .safetensors or .pth file")
+    state, meta = _read_checkpoint(path)
+    return _build(state, meta, arch=arch, name=path.stem, base_meta={}, src=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# bundled samples
+# --------------------------------------------------------------------------------------------
+def _samples_dir() -> Path:
+    res = importlib.resources.files("lamcam.zoo").joinpath("samples")
+    return Path(str(res))
+
+
+def samples() -> list[Path]:
+    """Paths of the bundled sample images (held-out shapes images at the models' input size).
+
+    Sorted by name; ``*_mask.png`` files (instance-id masks) are not included. Their labels,
+    instance counts and boxes are in :func:`sample_annotations`.
+    """
+    d = _samples_dir()
+    return sorted(p for p in d.glob("*.png") if not p.name.endswith("_mask.png"))
+
+
+def sample_annotations() -> dict[str, dict[str, Any]]:
+    """``samples/samples.json``: file name -> {label, class_name, n_instances, boxes, ...}."""
+    path = _samples_dir() / "samples.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall lamcam")
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# built-in registrations (the one place where shipped architectures and models are listed)
+# --------------------------------------------------------------------------------------------
+def _register_builtin() -> None:
+    from lamcam.zoo.classifiers import (
+        RESNET_DEFAULT_LAYER,
+        VGG_DEFAULT_LAYER,
+        ShapesResNet,
+        ShapesVGG,
+    )
+    from lamcam.zoo.shapes import CLASSES, DEFAULT_SIZE
+
+    def vgg_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        fc = state["fc.weight"]
+        return {"num_classes": int(fc.shape[0]), "width": int(fc.shape[1]) // 4}
+
+    def resnet_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        fc = state["fc.weight"]
+        blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+        return {"num_classes": int(fc.shape[0]), "width": int(fc.shape[1]) // 4, "blocks": blocks}
+
+    common = {"task": "classification", "input_size": DEFAULT_SIZE, "classes": CLASSES}
+    register_arch(
+        "ShapesVGG", ShapesVGG, default_layer=VGG_DEFAULT_LAYER, infer_config=vgg_config, **common
+    )
+    register_arch(
+        "ShapesResNet",
+        ShapesResNet,
+        default_layer=RESNET_DEFAULT_LAYER,
+        infer_config=resnet_config,
+        **common,
+    )
+    register(
+        "shapes_vgg",
+        arch="ShapesVGG",
+        weights_file="shapes_vgg.safetensors",
+        description="VGG-style CNN (in-place ReLUs) classifying 64x64 multi-instance shapes",
+    )
+    register(
+        "shapes_resnet",
+        arch="ShapesResNet",
+        weights_file="shapes_resnet.safetensors",
+        description="small ResNet (BasicBlocks) classifying 64x64 multi-instance shapes",
+    )
+
+
+_register_builtin()

@@ -1,0 +1,16 @@
+"""The runnable examples in the core modules' docstrings are part of the test suite."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.maps", "lamcam.targets", "lamcam.guided"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no docstring examples"
+    assert result.failed == 0
