@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# spandrel (SR checkpoints) without its declared torchvision: PyPI's torchvision does not load
+	# beside the CPU torch, and asking for it would pull another torch. lamcam.zoo imports spandrel
+	# with a stand-in for the two non-SR architectures that need torchvision.
+	$(PY) -m pip install -q --no-deps 'spandrel==0.4.2'
 	touch $(STAMP)
 
 install: $(STAMP)
