@@ -5,7 +5,10 @@ import importlib
 
 import pytest
 
-MODULES = ["lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.maps", "lamcam.targets", "lamcam.guided"]
+MODULES = [
+    "lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.maps", "lamcam.targets", "lamcam.guided",
+    "lamcam.paths", "lamcam.integrate", "lamcam.lam", "lamcam.metrics.diffusion", "lamcam.attribution",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

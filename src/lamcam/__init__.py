@@ -5,6 +5,7 @@
 ['cam', 'gradcam', 'gradcam++']
 """
 
+from lamcam.attribution import InputXGradient, IntegratedGradients, Saliency
 from lamcam.cam import (
     CAM,
     METHODS,
@@ -17,6 +18,7 @@ from lamcam.cam import (
     GuidedGradCAMPlusPlus,
     explain,
 )
+from lamcam.lam import LAM, LAMResult
 from lamcam.targets import TopK
 
 __version__ = "0.1.0"
@@ -31,12 +33,20 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "GuidedGradCAMPlusPlus",
+    "InputXGradient",
+    "IntegratedGradients",
+    "LAM",
+    "LAMResult",
+    "Saliency",
     "TopK",
     "__version__",
     "explain",
 ]
 
-_SUBMODULES = {"cam", "demo", "guided", "hooks", "io", "maps", "targets", "viz", "zoo"}
+_SUBMODULES = {
+    "attribution", "cam", "demo", "guided", "hooks", "integrate", "io", "lam", "maps", "metrics",
+    "paths", "targets", "viz", "zoo",
+}
 
 
 def __getattr__(name: str):
