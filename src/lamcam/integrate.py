@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["QUADRATURES", "PathIntegral", "auto_batch_size", "integrate_path", "plan"]
+__all__ = [
+    "QUADRATURES", "PathIntegral", "auto_batch_size", "batch_for_budget", "integrate_path", "plan",
+    "probe_point_bytes",
+]
 
 QUADRATURES = ("riemann", "trapezoid", "gauss-legendre")
 
@@ -91,12 +94,11 @@ def _params_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def auto_batch_size(model: nn.Module, x: Tensor, limit: int,
-                    memory_budget: float = 1.0e9) -> int:
-    """Path points per pass so that one forward/backward stays within ``memory_budget`` bytes.
+def probe_point_bytes(model: nn.Module, x: Tensor) -> tuple[Tensor, int]:
+    """One forward pass at batch 1 without gradients: ``(output, estimated bytes per path point)``.
 
-    Estimated from one probe forward pass at batch 1 (no gradients): the sum of every module's
-    output size, times 3 for what autograd keeps and the backward's temporaries.
+    The estimate is the sum of every leaf module's output size plus the input, times 3 for what
+    autograd keeps and the backward's temporaries.
     """
     total = 0
 
@@ -108,12 +110,21 @@ def auto_batch_size(model: nn.Module, x: Tensor, limit: int,
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(x.unsqueeze(0))
+            out = model(x.unsqueeze(0))
     finally:
         for h in handles:
             h.remove()
-    per_point = 3 * (total + x.numel() * x.element_size())
-    return int(max(1, min(limit, memory_budget // max(per_point, 1))))
+    return out, 3 * (total + x.numel() * x.element_size())
+
+
+def batch_for_budget(point_bytes: int, limit: int, memory_budget: float = 1.0e9) -> int:
+    """Path points per pass so that one forward/backward stays within ``memory_budget`` bytes."""
+    return int(max(1, min(limit, memory_budget // max(point_bytes, 1))))
+
+
+def auto_batch_size(model: nn.Module, x: Tensor, limit: int, memory_budget: float = 1.0e9) -> int:
+    """:func:`batch_for_budget` from a probe pass (:func:`probe_point_bytes`)."""
+    return batch_for_budget(probe_point_bytes(model, x)[1], limit, memory_budget)
 
 
 def _chunks(n: int, size: int) -> Iterator[range]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lamcam.integrate import QUADRATURES, integrate_path
+from lamcam.integrate import QUADRATURES, batch_for_budget, integrate_path, plan, probe_point_bytes
 from lamcam.metrics.diffusion import diffusion_index, mass_pixels
 from lamcam.paths import BlurPath
 
@@ -219,7 +219,7 @@ class LAM:
         self.input_range = float(input_range)
         self.progress = progress
         self._net = model if input_range == 1.0 else _RangeWrapper(model, input_range)
-        self._scales: dict[tuple[int, ...], tuple[int, tuple[int, ...]]] = {}
+        self._probes: dict[tuple, tuple[int, int]] = {}  # input shape/dtype -> (scale, batch)
 
     def _prepare(self, image: Tensor) -> Tensor:
         if not isinstance(image, Tensor):
@@ -254,10 +254,30 @@ class LAM:
             image = image.to(device=param.device, dtype=param.dtype)
         return image.detach()
 
+    def _probe(self, image: Tensor) -> tuple[int, int, Tensor | None]:
+        """Scale factor and path points per pass for this input shape (one probe pass, cached).
+
+        Returns ``(scale, batch_size, output)``; ``output`` is the probe's SR output on the first
+        call for a shape, ``None`` afterwards.
+        """
+        key = (tuple(image.shape), image.dtype, image.device)
+        if key in self._probes:
+            return (*self._probes[key], None)
+        out, point_bytes = probe_point_bytes(self._net, image)
+        scale = self._check_output(out, image)
+        n_points = len(plan(self.quadrature, self.steps)[0])
+        batch = self.batch_size or batch_for_budget(point_bytes, n_points, self.memory_budget)
+        self._probes[key] = (scale, batch)
+        return scale, batch, out[0]
+
     def scale_of(self, image: Tensor) -> tuple[int, Tensor]:
         """The integer scale factor and the SR output ``(C', sH, sW)`` for ``image`` ``(C, H, W)``."""
         with torch.no_grad():
             out = self._net(image.unsqueeze(0))
+        return self._check_output(out, image), out[0]
+
+    @staticmethod
+    def _check_output(out: object, image: Tensor) -> int:
         if not isinstance(out, Tensor) or out.ndim != 4:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"LAM needs an image-to-image network; the model returned {shape}")
@@ -267,12 +287,12 @@ class LAM:
             raise ValueError(
                 f"the output ({oh}x{ow}) is not an integer multiple of the input ({h}x{w}) with the "
                 "same factor in both directions; pad the input to the size the model needs (for "
-                "spandrel models lamcam.zoo.load_sr does this) or crop its output"
+                "spandrel models lamcam.zoo.load does this) or crop its output"
             )
         if not bool(torch.isfinite(out).all()):
             raise ValueError("the model's output contains NaN or inf for this image; check the "
                              "input range (input_range=255 for models that take [0, 255])")
-        return oh // h, out[0]
+        return oh // h
 
     def window_origin(self, row: int, col: int, window: int, scale: int, sr_shape: tuple[int, int],
                       coords: str) -> tuple[int, int]:
@@ -310,9 +330,9 @@ class LAM:
             window: the window side in SR pixels.
         """
         x = self._prepare(image)
-        scale, sr = self.scale_of(x)
-        top, left = self.window_origin(int(row), int(col), int(window), scale,
-                                       tuple(sr.shape[-2:]), coords)
+        scale, batch, sr = self._probe(x)
+        sr_shape = (x.shape[-2] * scale, x.shape[-1] * scale)
+        top, left = self.window_origin(int(row), int(col), int(window), scale, sr_shape, coords)
         if callable(self.objective) and not isinstance(self.objective, str):
             user = self.objective
 
@@ -326,9 +346,14 @@ class LAM:
         path = BlurPath(x, self.sigma, self.kernel_size)
         result = integrate_path(
             self._net, path, objective, steps=self.steps, quadrature=self.quadrature,
-            batch_size=self.batch_size, memory_budget=self.memory_budget,
-            progress="LAM" if self.progress else False,
+            batch_size=batch, progress="LAM" if self.progress else False,
         )
+        if result.output is not None:
+            sr = result.output
+            if not bool(torch.isfinite(sr).all()):
+                self._check_output(sr[None], x)  # raises with the NaN message
+        elif sr is None:
+            sr = self.scale_of(x)[1]
         attr = result.attribution
         amap = abs_normalized_map(attr)
         if bool((amap == 0).all()):
