@@ -119,7 +119,7 @@ def shipped(request) -> torch.nn.Module:
 
 
 def test_list_models() -> None:
-    assert zoo.list_models() == ["shapes_resnet", "shapes_vgg"]
+    assert zoo.list_models(task="classification") == ["shapes_resnet", "shapes_vgg"]
     assert {"ShapesVGG", "ShapesResNet"} <= set(zoo.list_archs())
 
 
@@ -163,13 +163,13 @@ def test_shipped_accuracy_on_fresh_held_out_set(
 
 
 def test_info() -> None:
-    for name in zoo.list_models():
+    for name in zoo.list_models(task="classification"):
         meta = zoo.info(name)
         assert meta["available"] and meta["name"] == name
         assert meta["accuracy"] >= 0.95 and meta["eval_seed"] != meta["train_seed"]
         assert Path(meta["weights_file"]).is_file()
         assert meta["classes"] == list(shapes.CLASSES)
-    total = sum(zoo.info(n)["weights_bytes"] for n in zoo.list_models())
+    total = sum(zoo.info(n)["weights_bytes"] for n in zoo.list_models(task="classification"))
     assert total <= 5 * 2**20
     with pytest.raises(zoo.UnknownModelError, match="shapes_vgg"):
         zoo.info("shapes_vg")
@@ -195,7 +195,7 @@ def test_samples_bundled_and_classified() -> None:
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
         images.append(torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255)
     labels = torch.tensor([ann[p.name]["label"] for p in paths])
-    for name in zoo.list_models():
+    for name in zoo.list_models(task="classification"):
         with torch.no_grad():
             pred = zoo.load(name)(torch.stack(images)).argmax(1)
         assert torch.equal(pred, labels), name
@@ -353,3 +353,8 @@ def test_register_new_model_family(tmp_path: Path) -> None:
     finally:
         registry._MODELS.pop("tiny_sr_test", None)
         registry._ARCHS.pop("TinySR_test", None)
+
+
+def test_whole_zoo_within_size_budget() -> None:
+    total = sum(zoo.info(n)["weights_bytes"] for n in zoo.list_models())
+    assert total <= 15 * 2**20

@@ -3,6 +3,8 @@
 Subcommands:
 
 * ``lamcam cam IMAGE... --model NAME|CHECKPOINT`` -- attribution maps for image files;
+* ``lamcam lam IMAGE --model(s) ... --row R --col C`` -- Local Attribution Maps of
+  super-resolution models for one output window, with the paper's figure and the DI;
 * ``lamcam demo`` -- every bundled sample through every bundled classifier and CAM method,
   with an HTML report.
 
@@ -376,6 +378,205 @@ def _write_cam_outputs(
 
 
 # --------------------------------------------------------------------------------------------
+# lamcam lam
+# --------------------------------------------------------------------------------------------
+
+_QUADRATURES = ("riemann", "trapezoid", "gauss-legendre")
+
+
+def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "lam",
+        parents=[common],
+        help="Local Attribution Map of a super-resolution (image-to-image) model",
+        description=(
+            "Explain which LR pixels a super-resolution network used for one window of its\n"
+            "output (LAM, Gu & Dong 2021: path-integrated gradients along progressive blurring,\n"
+            "objective = the edge strength in the window). Writes, for IMAGE and each model:\n"
+            "  <stem>_<model>_lam.png      the LAM panel (LR + window, map, blends, area of\n"
+            "                              contribution, SR output, Diffusion Index)\n"
+            "  <stem>_<model>_lam.npy      the signed attribution (C, H, W) on the LR image\n"
+            "  <stem>_<model>_lam_map.npy  the 2-D map |sum_c attribution| / max, (H, W)\n"
+            "  <stem>_<model>_lam.json     DI, pixels95, completeness error and all parameters\n"
+            "and with --models also <stem>_lam_comparison.png/.json. Prints one line per model.\n"
+            "The image is used at its own size (never resized); DI depends on that size."
+        ),
+        epilog=(
+            "examples:\n"
+            "  lamcam lam lr.png --model sr_edsr --row 96 --col 128\n"
+            "  lamcam lam lr.png --models sr_fsrcnn,sr_edsr,sr_rcan,sr_swinir --row 96 --col 128\n"
+            "  lamcam lam lr.png --model net.safetensors --arch EDSR --row 20 --col 30 --coords lr\n"
+            "\nexit status: 0 ok, 1 the image file could not be read (corrupt/truncated/missing),\n"
+            "2 usage or configuration error (window off the image, not an image file, model\n"
+            "output not an integer multiple of the input, NaN output, bad checkpoint, ...)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", metavar="IMAGE", help="the LR image file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", metavar="NAME|CHECKPOINT",
+                       help="bundled model name (see lamcam.zoo.list_models()) or a checkpoint")
+    which.add_argument("--models", metavar="M1,M2,...",
+                       help="several models (comma-separated): one LAM each, plus a comparison "
+                       "figure with a DI bar chart")
+    p.add_argument("--arch", default=None, help="architecture of checkpoints given to --model(s)")
+    p.add_argument("--row", type=int, required=True, metavar="R",
+                   help="window row (see --coords; default: top-left corner, SR pixels)")
+    p.add_argument("--col", type=int, required=True, metavar="C", help="window column")
+    p.add_argument("--window", type=int, default=16, metavar="W",
+                   help="window side in SR pixels (default: 16)")
+    p.add_argument("--coords", choices=("sr", "sr-center", "lr"), default="sr",
+                   help="how --row/--col are given: 'sr' top-left corner in SR pixels (the "
+                   "paper's convention, default), 'sr-center' window centre in SR pixels, 'lr' "
+                   "top-left corner in LR pixels (multiplied by the scale)")
+    p.add_argument("--sigma", type=float, default=1.2, help="blur of the baseline (default: 1.2)")
+    p.add_argument("--steps", type=int, default=50, metavar="M",
+                   help="path steps / network passes (default: 50)")
+    p.add_argument("--kernel-size", type=int, default=9, metavar="L",
+                   help="odd side of the blur kernel (default: 9)")
+    p.add_argument("--quadrature", choices=_QUADRATURES, default="riemann",
+                   help="path quadrature (default: riemann, the official discretisation)")
+    p.add_argument("--objective", choices=("gradient", "mean"), default="gradient",
+                   help="window objective: edge strength (default, the paper's) or mean intensity")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="path points per forward/backward pass (default: from a 1 GB budget)")
+    p.add_argument("--input-range", type=float, choices=(1.0, 255.0), default=None,
+                   metavar="1|255",
+                   help="value range the model expects (default: the model's metadata, else 1)")
+    p.add_argument("--out", default="lamcam-out", metavar="DIR",
+                   help="output directory (default: lamcam-out)")
+    p.set_defaults(func=_run_lam)
+
+
+def _lam_model_names(specs: Sequence[str]) -> list[str]:
+    """File-name-safe, unique short names for model specs (a checkpoint path gives its stem)."""
+    names: list[str] = []
+    for spec in specs:
+        base = _safe_name(Path(spec).stem if Path(spec).suffix or "/" in spec else spec)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf -> None (strict JSON), tuples -> lists, recursively."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _load_lam_image(path: Path, mode: str) -> Any:
+    """``load_image`` with the exit codes of ``lamcam lam``: 2 for a file that is not an image
+    at all (or a directory), 1 for an image that cannot be read (missing, corrupt, truncated)."""
+    from lamcam.io import ImageLoadError, load_image
+
+    try:
+        return load_image(path, mode=mode)
+    except ImageLoadError as e:
+        not_image = e.reason.startswith(("not a recognised image format", "it is a directory"))
+        raise CliError(str(e), EXIT_USAGE if not_image else EXIT_PARTIAL) from None
+
+
+def _run_lam(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import numpy as np
+
+    from lamcam.io import ensure_writable_dir
+    from lamcam.lam import LAM
+
+    if args.window < 1:
+        raise CliError(f"--window must be positive, got {args.window}")
+    if args.steps < 1:
+        raise CliError(f"--steps must be positive, got {args.steps}")
+    if not args.sigma > 0:
+        raise CliError(f"--sigma must be positive, got {args.sigma}")
+    if args.kernel_size < 1 or args.kernel_size % 2 == 0:
+        raise CliError(f"--kernel-size must be a positive odd number, got {args.kernel_size}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.models is not None:
+        specs = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not specs:
+            raise CliError("--models is empty")
+    else:
+        specs = [args.model]
+    out_dir = ensure_writable_dir(args.out)  # fail before any work
+
+    image_path = Path(args.image)
+    stem = image_path.stem
+    names = _lam_model_names(specs)
+    images: dict[str, Any] = {}
+    plans: list[tuple[str, str, Any, Any]] = []  # (name, spec, LAM, image)
+    for spec, name in zip(specs, names, strict=True):
+        model = _load_model(spec, args.arch)
+        meta = _model_meta(model)
+        mode = _input_mode(meta)
+        if mode not in images:
+            images[mode] = _load_lam_image(image_path, mode)
+        input_range = args.input_range or float(meta.get("input_range", 1.0))
+        lam = LAM(model, sigma=args.sigma, kernel_size=args.kernel_size, steps=args.steps,
+                  quadrature=args.quadrature, objective=args.objective,
+                  batch_size=args.batch_size, input_range=input_range, progress=True)
+        plans.append((name, spec, lam, images[mode]))
+    if len(plans) > 1:  # check every model's scale and window before the expensive part
+        for name, _, lam, x in plans:
+            try:
+                scale, sr = lam.scale_of(x)
+                lam.window_origin(args.row, args.col, args.window, scale,
+                                  tuple(sr.shape[-2:]), args.coords)
+            except ValueError as e:
+                raise CliError(f"{name}: {' '.join(str(e).split())}") from None
+
+    results: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    for name, spec, lam, x in plans:
+        t0 = time.perf_counter()
+        try:
+            r = lam(x, args.row, args.col, args.window, coords=args.coords)
+        except ValueError as e:
+            prefix = f"{name}: " if len(plans) > 1 else ""
+            raise CliError(prefix + " ".join(str(e).split())) from None
+        seconds = time.perf_counter() - t0
+        base = out_dir / f"{stem}_{name}_lam"
+        png = base.with_suffix(".png")
+        r.figure(path=png, title=f"{name}  ·  {image_path.name}")
+        np.save(base.with_suffix(".npy"), r.attribution.detach().cpu().float().numpy())
+        np.save(out_dir / f"{stem}_{name}_lam_map.npy", r.map.detach().cpu().float().numpy())
+        record = {"model": name, "model_spec": spec, "image": str(image_path),
+                  "seconds": round(seconds, 3), **r.to_dict()}
+        base.with_suffix(".json").write_text(json.dumps(_jsonable(record), indent=2) + "\n",
+                                             encoding="utf-8")
+        results[name] = r
+        records.append(record)
+        n_px = r.map.numel()
+        ce = r.completeness_error
+        ce_txt = f"{100 * ce:.2g} %" if ce == ce else "n/a"
+        print(f"{image_path}: {name}: DI {r.diffusion_index:.2f}, pixels95 {r.pixels95}/{n_px}, "
+              f"completeness error {ce_txt}, {seconds:.1f} s -> {png}", flush=True)
+
+    if len(results) > 1:
+        from lamcam.viz.lam import lam_comparison_figure
+
+        png = out_dir / f"{stem}_lam_comparison.png"
+        lam_comparison_figure(results, png, title=f"LAM across models  ·  {image_path.name}")
+        summary = {"image": str(image_path), "models": records}
+        (out_dir / f"{stem}_lam_comparison.json").write_text(
+            json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+        print(f"{image_path}: comparison of {len(results)} models -> {png}", flush=True)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # lamcam demo
 # --------------------------------------------------------------------------------------------
 
@@ -384,10 +585,12 @@ def _add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo",
         parents=[common],
-        help="run every CAM method on the bundled samples and write an HTML report",
+        help="CAM methods on the bundled classifiers, LAM on the bundled SR models; HTML report",
         description=(
             "Run every bundled sample image through the bundled classifiers with every "
-            "CAM-family method, write one side-by-side figure per (model, image) and an "
+            "CAM-family method, write one side-by-side figure per (model, image); run LAM "
+            "for every bundled super-resolution model on the same window of a bundled SR "
+            "sample (per-model figures, a comparison figure, a DI/PSNR table); write an "
             "index.html linking them, and print a summary."
         ),
     )
@@ -398,8 +601,11 @@ def _add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--models",
         default=None,
         metavar="M1,M2",
-        help="comma-separated model names or checkpoints (default: every bundled classifier, "
-        "i.e. shapes_vgg,shapes_resnet)",
+        help="comma-separated model names or checkpoints (default: every bundled classifier "
+        "and SR model); registered SR models go to the LAM study, the others to the CAM study",
+    )
+    p.add_argument(
+        "--no-lam", action="store_true", help="skip the LAM study of the SR models"
     )
     p.add_argument(
         "--max-images",
@@ -423,7 +629,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise CliError("--models is empty")
     if args.max_images is not None and args.max_images < 1:
         raise CliError(f"--max-images must be positive, got {args.max_images}")
-    summary = run_demo(out_dir, models=models, max_images=args.max_images)
+    summary = run_demo(out_dir, models=models, max_images=args.max_images, lam=not args.no_lam)
     print(summary.format())
     return EXIT_OK
 
@@ -434,6 +640,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 _SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_cam_parser,
+    _add_lam_parser,
     _add_demo_parser,
 ]
 

@@ -1,16 +1,19 @@
-"""``lamcam demo``: every bundled sample through every bundled classifier and CAM method.
+"""``lamcam demo``: the CAM family on the bundled classifiers, LAM on the bundled SR models.
 
 The demo is a list of *report builders*. Each builder runs one kind of study, writes its figures
 under the output directory and returns :class:`~lamcam.viz.report.Section` objects plus
 one-line summaries; :func:`run_demo` concatenates the sections into ``index.html``. The CAM
-study is :func:`classifier_sections`; a LAM (super-resolution) study is meant to be added as a
-further builder with the same shape and appended in :func:`run_demo`.
+study is :func:`classifier_sections` (every bundled sample through every classifier and CAM
+method); the LAM study is :func:`lam_sections` (every super-resolution model explained on the
+same window of a bundled SR sample, with a comparison figure and a DI/PSNR table).
 
 Output layout::
 
-    <out>/index.html                    report (relative links only)
-    <out>/<model>/<sample-stem>.png     one figure per (model, image): input + 7 methods
-    <out>/thumbs/                       downscaled copies shown in the report
+    <out>/index.html                         report (relative links only)
+    <out>/<model>/<sample-stem>.png          one figure per (classifier, image): input + 7 methods
+    <out>/lam/<sample>_<model>_lam.png       the LAM panel of each SR model
+    <out>/lam/<sample>_lam_comparison.png    all SR models on the same window, DI bar chart
+    <out>/thumbs/                            downscaled copies shown in the report
 
 Example:
     >>> from lamcam.demo import run_demo                       # doctest: +SKIP
@@ -20,10 +23,12 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,10 @@ __all__ = [
     "load_samples",
     "default_models",
     "classifier_sections",
+    "default_sr_models",
+    "pick_lam_window",
+    "psnr_y",
+    "lam_sections",
     "run_demo",
 ]
 
@@ -414,21 +423,286 @@ def _overview(summaries: Sequence[ModelSummary], methods: Sequence[str]) -> Sect
     return Section("Overview", text, [], rows)
 
 
+# --------------------------------------------------------------------------------------------
+# the LAM study (super-resolution zoo)
+# --------------------------------------------------------------------------------------------
+
+#: Task names that mark a registered model as super-resolution.
+SR_TASKS: tuple[str, ...] = ("sr", "super_resolution", "super-resolution")
+
+#: Window side (SR pixels) and path steps of the demo's LAM runs: the paper's defaults.
+LAM_WINDOW = 16
+LAM_STEPS = 50
+
+
+def _task(name: str) -> str | None:
+    from lamcam import zoo
+
+    try:
+        return zoo.info(name).get("task")
+    except Exception:  # noqa: BLE001 - a checkpoint path or a stand-in: not a registered name
+        return None
+
+
+def default_sr_models() -> list[str]:
+    """The bundled super-resolution models (task ``"sr"``) whose weights are installed.
+
+    Ordered plain CNN → attention (FSRCNN, EDSR, RCAN, SwinIR) when those are present; ``[]``
+    if there is none.
+
+    Example:
+        >>> isinstance(default_sr_models(), list)
+        True
+    """
+    from lamcam import zoo
+
+    try:
+        names = list(zoo.list_models(task="sr"))  # type: ignore[call-arg]
+    except TypeError:  # a registry without the task filter
+        names = [m for m in zoo.list_models() if _task(m) in SR_TASKS]
+    except Exception:  # noqa: BLE001 - no usable registry: no SR study
+        return []
+    def available(name: str) -> bool:
+        try:
+            return bool(zoo.info(name).get("available", True))
+        except Exception:  # noqa: BLE001
+            return False
+
+    names = [m for m in names if available(m)]  # registered but weights not (yet) shipped: skip
+    order = ("sr_fsrcnn", "sr_edsr", "sr_rcan", "sr_swinir")  # plain CNN -> attention
+    return [m for m in order if m in names] + sorted(m for m in names if m not in order)
+
+
+def pick_lam_window(reference: torch.Tensor, scale: int, window: int = LAM_WINDOW,
+                    ) -> tuple[int, int]:
+    """The demo's window: the most textured ``window``² SR patch in the central half of the image.
+
+    Among the windows whose top-left corner lies on the LR grid (a multiple of ``scale``) and
+    that fit inside the central half of the image (so that the context around them is visible),
+    the one with the largest summed edge strength of ``reference`` — LAM's gradient detector
+    ``sqrt(dy² + dx²)`` summed over channels — wins (ties: the first in row-major order). With
+    the HR image as reference this picks a patch with real detail to reconstruct, the kind the
+    paper explains; it is computed once from the bundled sample, so the demo is deterministic.
+
+    Args:
+        reference: ``(C, sH, sW)`` image at SR resolution (the HR image, or the bicubic LR).
+        scale: the SR factor.
+        window: window side in SR pixels.
+
+    Returns:
+        ``(row, col)`` of the window's top-left corner in SR pixels.
+
+    Example:
+        >>> ref = torch.zeros(3, 64, 64); ref[:, 36:40, 20:44] = 1.0   # a bright bar
+        >>> pick_lam_window(ref, scale=4, window=8)    # its bottom-right corner: most edges
+        (32, 36)
+    """
+    g = torch.sqrt((reference[:, :-1, :-1] - reference[:, 1:, :-1]) ** 2
+                   + (reference[:, :-1, :-1] - reference[:, :-1, 1:]) ** 2).sum(0).double()
+    g = torch.nn.functional.pad(g, (0, 1, 0, 1))
+    h, w = g.shape
+    if window > min(h, w):
+        raise ValueError(f"the window ({window}) is larger than the image ({h}x{w})")
+    c = torch.nn.functional.pad(g.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    energy = c[window:, window:] - c[:-window, window:] - c[window:, :-window] + c[:-window, :-window]
+
+    def span(n: int) -> list[int]:
+        lo, hi = n // 4, 3 * n // 4 - window
+        lo = -(-lo // scale) * scale
+        cand = list(range(lo, hi + 1, scale))
+        return cand or [max(0, (n - window) // 2 // scale * scale)]
+
+    rows, cols = span(h), span(w)
+    sub = energy[rows][:, cols]
+    k = int(torch.argmax(sub))
+    return rows[k // len(cols)], cols[k % len(cols)]
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
+    """PSNR (dB) on the Y channel (ITU-R BT.601, 16..235), the SR literature's protocol.
+
+    Both images are clamped to [0, 1] and quantised to 8 bits first; ``shave`` pixels are cropped
+    from every border (the scale, by convention). Sizes may differ: the common top-left part is
+    compared.
+
+    Example:
+        >>> hr = torch.full((3, 16, 16), 0.4)
+        >>> round(psnr_y(hr + 10 / 255, hr, shave=2), 2)   # Y differs by 10 · 219/255 levels
+        29.45
+    """
+    h = min(sr.shape[-2], hr.shape[-2])
+    w = min(sr.shape[-1], hr.shape[-1])
+
+    def y(x: torch.Tensor) -> torch.Tensor:
+        x = (x[:3, :h, :w].detach().double().cpu().clamp(0, 1) * 255).round()
+        if x.shape[0] == 1:
+            return x[0]
+        coef = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64) / 255.0
+        return 16.0 + (coef[:, None, None] * x).sum(0)
+
+    d = (y(sr) - y(hr))[shave:h - shave, shave:w - shave]
+    mse = float((d**2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def lam_sections(
+    out_dir: str | os.PathLike,
+    models: Sequence[str] | None = None,
+    sample: Mapping[str, Any] | None = None,
+    *,
+    window: int | None = None,
+    steps: int | None = None,
+    progress: bool | None = None,
+) -> tuple[list[Section], list[str]]:
+    """LAM of every SR model on one bundled sample: figures, a comparison and a report section.
+
+    Every model explains the same ``window`` × ``window`` SR window of the first bundled SR
+    sample (``lamcam.zoo.sr_samples()[0]``), chosen by :func:`pick_lam_window` on the HR image
+    (paper settings: σ 1.2, 9 × 9 kernel, ``steps`` Riemann steps, gradient detector).
+
+    Args:
+        out_dir: report directory; figures go to ``<out_dir>/lam/``.
+        models: SR model names or checkpoints (default: :func:`default_sr_models`).
+        sample: ``{"name", "lr", "hr"}`` (``hr`` optional; default: the first bundled sample).
+        window, steps: LAM window side (SR pixels) and path steps (default: :data:`LAM_WINDOW`,
+            :data:`LAM_STEPS`).
+        progress: tqdm bars (``None``: only when stderr is a terminal).
+
+    Returns:
+        ``(sections, lines)``: one "LAM across the SR zoo" section (a note if there is nothing to
+        run) and one summary line per model.
+    """
+    from lamcam import zoo
+    from lamcam.io import load_image
+    from lamcam.lam import LAM
+    from lamcam.viz.lam import lam_comparison_figure
+
+    title = "LAM across the SR zoo"
+    window = LAM_WINDOW if window is None else int(window)
+    steps = LAM_STEPS if steps is None else int(steps)
+    models = list(default_sr_models() if models is None else models)
+    if not models:
+        note = ("Skipped: no super-resolution models are registered in lamcam.zoo "
+                "(lamcam.zoo.list_models(task='sr') is empty).")
+        return [Section(title, note)], ["LAM: skipped (no super-resolution models registered)"]
+    if sample is None:
+        try:
+            samples = list(zoo.sr_samples())  # type: ignore[attr-defined]
+        except AttributeError:
+            samples = []
+        if not samples:
+            note = "Skipped: no bundled super-resolution sample (lamcam.zoo.sr_samples())."
+            return [Section(title, note)], ["LAM: skipped (no SR sample)"]
+        sample = samples[0]
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    out = Path(out_dir)
+    lam_dir = out / "lam"
+    lam_dir.mkdir(parents=True, exist_ok=True)
+    lr_path = Path(sample["lr"])
+    sname = _safe(str(sample.get("name") or lr_path.stem))
+    lr = load_image(lr_path)
+    hr = load_image(Path(sample["hr"])) if sample.get("hr") else None
+
+    results: dict[str, Any] = {}
+    rows: list[list[Any]] = [["model", "architecture", "parameters", "DI", "pixels95",
+                              "completeness error", "PSNR-Y (dB)", "time (s)"]]
+    lines: list[str] = []
+    images: list[ReportImage] = []
+    notes: dict[str, str] = {}
+    where: tuple[int, int] | None = None
+    scale = None
+    for name in models:
+        t0 = time.perf_counter()
+        model = zoo.load(name)
+        meta = dict(getattr(model, "lamcam_meta", {}) or {})
+        label = str(meta.get("name") or Path(name).stem) if Path(name).is_file() else name
+        lam = LAM(model, steps=steps, input_range=float(meta.get("input_range", 1.0)),
+                  progress=show)
+        if where is None:  # the window is chosen once, from the first model's scale
+            scale, _ = lam.scale_of(lr)
+            ref = hr if hr is not None and hr.shape[-2:] == (lr.shape[-2] * scale,
+                                                            lr.shape[-1] * scale) else None
+            if ref is None:
+                ref = torch.nn.functional.interpolate(
+                    lr[None], scale_factor=scale, mode="bicubic", align_corners=False)[0]
+            where = pick_lam_window(ref, scale, window)
+        r = lam(lr, where[0], where[1], window)
+        seconds = time.perf_counter() - t0
+        results[label] = r
+        n_params = sum(p.numel() for p in model.parameters())
+        s = int(r.params["scale"])
+        psnr = psnr_y(r.sr, hr, shave=s) if hr is not None else None
+        if psnr is not None:
+            notes[label] = f"PSNR {psnr:.2f} dB"
+        fig_path = lam_dir / f"{sname}_{_safe(label)}_lam.png"
+        r.figure(path=fig_path, title=f"{label}  ·  {lr_path.name}")
+        images.append(ReportImage(fig_path.relative_to(out), f"{label}: DI {r.diffusion_index:.2f}"))
+        ce = r.completeness_error
+        rows.append([
+            label, meta.get("arch", "?"), f"{n_params / 1e3:.0f} k", f"{r.diffusion_index:.2f}",
+            f"{r.pixels95} / {r.map.numel()}", f"{100 * ce:.2g} %" if ce == ce else "n/a",
+            "-" if psnr is None else f"{psnr:.2f}", f"{seconds:.1f}",
+        ])
+        lines.append(f"LAM {label}: DI {r.diffusion_index:.2f}"
+                     + ("" if psnr is None else f", PSNR-Y {psnr:.2f} dB")
+                     + f", {seconds:.1f} s")
+    bicubic_txt = ""
+    if hr is not None and scale is not None:
+        bic = torch.nn.functional.interpolate(lr[None], scale_factor=scale, mode="bicubic",
+                                              align_corners=False)[0]
+        bic_psnr = psnr_y(bic, hr, shave=scale)
+        rows.append(["bicubic (reference)", "-", "0", "-", "-", "-", f"{bic_psnr:.2f}", "-"])
+        bicubic_txt = f" Bicubic upsampling reaches {bic_psnr:.2f} dB on this image."
+    cmp_path = lam_dir / f"{sname}_lam_comparison.png"
+    lam_comparison_figure(results, cmp_path, title=f"LAM across the SR zoo  ·  {lr_path.name}",
+                          notes=notes)
+    images.insert(0, ReportImage(cmp_path.relative_to(out), "all models, same window"))
+    first = next(iter(results.values()))
+    h, w = first.params["lr_size"]
+    text = (
+        f"Local Attribution Maps (Gu & Dong, CVPR 2021) of every super-resolution model for the "
+        f"same {window}×{window} window of the SR output of {lr_path.name} (LR {h}×{w}, ×{scale}) "
+        f"at SR (row {where[0]}, col {where[1]}) — red box — the most textured window of the "
+        f"central half of the {'HR' if hr is not None else 'bicubic-upsampled LR'} image. "
+        f"Paper settings: blur path σ 1.2, 9×9 kernel, {steps} steps, gradient-detector "
+        "objective.\n\n"
+        "DI (Diffusion Index) = (1 − Gini) × 100 of the LAM map over all LR pixels: the higher, "
+        "the wider the range of LR pixels the network draws on for this window. DI depends on "
+        "the LR size, the window and the path settings, so compare it only across models on the "
+        "same image and window. pixels95: how many LR pixels hold 95 % of the map's mass; "
+        "completeness error: |Σ attribution − (D(F(I)) − D(F(I′)))| relative to the objective "
+        "change (the discretisation error of the path integral). PSNR-Y: on this sample (the "
+        f"whole {h * scale}×{w * scale} HR crop), BT.601 Y channel, output rounded to 8 bits, "
+        f"{scale}-pixel border shaved." + bicubic_txt + "\n\n"
+        "The paper reports that attention designs (channel attention with global pooling, "
+        "window self-attention) reach higher DI than plain CNNs, and that a higher DI tends to "
+        "go with a higher PSNR."
+    )
+    return [Section(title, text, images, rows)], lines
+
+
 def run_demo(
     out_dir: str | os.PathLike = "lamcam-out",
     models: Sequence[str] | None = None,
     max_images: int | None = None,
     methods: Sequence[str] = DEMO_METHODS,
     progress: bool | None = None,
+    lam: bool = True,
 ) -> DemoSummary:
     """Run the whole demo and write ``<out_dir>/index.html``.
 
+    Two studies: the CAM family on the classifiers (:func:`classifier_sections`) and LAM on the
+    super-resolution models (:func:`lam_sections`).
+
     Args:
         out_dir: output directory (created).
-        models: classifier names (default: every bundled classifier, :func:`default_models`).
-        max_images: use only the first N bundled samples.
+        models: model names (default: every bundled classifier, :func:`default_models`, and every
+            bundled SR model, :func:`default_sr_models`). Registered SR models in the list go to
+            the LAM study, everything else to the CAM study.
+        max_images: use only the first N bundled (classifier) samples.
         methods: CAM methods per figure (default: all seven).
         progress: tqdm progress bar (``None``: when stderr is a terminal).
+        lam: run the LAM study (when there are SR models).
 
     Returns:
         :class:`DemoSummary`; ``summary.format()`` is the printed summary.
@@ -438,22 +712,37 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    models = list(default_models() if models is None else models)
-    samples = load_samples()
-    if max_images is not None:
-        samples = samples[:max_images]
-    if not samples:
-        raise ValueError("no sample images found (lamcam.zoo.samples() is empty)")
+    if models is None:
+        classifiers, sr_models = default_models(), (default_sr_models() if lam else [])
+    else:
+        tasks = {m: _task(m) for m in models}
+        sr_models = [m for m in models if tasks[m] in SR_TASKS] if lam else []
+        classifiers = [m for m in models if tasks[m] not in SR_TASKS]
 
-    sections, summaries = classifier_sections(out, models, samples, methods, progress)
-    # Further studies (e.g. LAM for super-resolution models) append their sections here.
+    sections: list[Section] = []
+    summaries: list[ModelSummary] = []
+    n_samples = 0
+    if classifiers:
+        samples = load_samples()
+        if max_images is not None:
+            samples = samples[:max_images]
+        if not samples:
+            raise ValueError("no sample images found (lamcam.zoo.samples() is empty)")
+        n_samples = len(samples)
+        cam_sections, summaries = classifier_sections(out, classifiers, samples, methods,
+                                                      progress)
+        sections += [_overview(summaries, methods), *cam_sections]
+    lines: list[str] = []
+    if lam and (models is None or sr_models):
+        lam_secs, lines = lam_sections(out, sr_models, progress=progress)
+        sections += lam_secs
     index = write_index_html(
         out,
-        [_overview(summaries, methods), *sections],
+        sections,
         title="lamcam demo",
         subtitle=(
-            f"lamcam {__version__} · torch {torch.__version__} · {len(samples)} sample images · "
-            f"{len(models)} model(s)"
+            f"lamcam {__version__} · torch {torch.__version__} · {n_samples} classifier sample "
+            f"images · {len(classifiers)} classifier(s) · {len(sr_models)} SR model(s)"
         ),
     )
-    return DemoSummary(out, index, summaries, time.perf_counter() - t0)
+    return DemoSummary(out, index, summaries, time.perf_counter() - t0, lines)

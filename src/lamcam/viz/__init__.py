@@ -1,4 +1,4 @@
-"""Visualisation: CAM overlays, gradient renderings, side-by-side method figures, HTML reports.
+"""Visualisation: CAM overlays, gradient renderings, method figures, LAM figures, HTML reports.
 
 Nothing here imports matplotlib at import time; it is loaded (Agg canvas only) on first use.
 
@@ -11,6 +11,7 @@ Example:
     (128, 128, 128)
 """
 
+from lamcam.viz.lam import kde_map, lam_comparison_figure, lam_figure, lam_panels
 from lamcam.viz.overlay import gradient_image, heatmap, methods_figure, overlay_cam, to_pil
 from lamcam.viz.report import ReportImage, Section, write_index_html
 
@@ -20,6 +21,10 @@ __all__ = [
     "overlay_cam",
     "gradient_image",
     "methods_figure",
+    "kde_map",
+    "lam_panels",
+    "lam_figure",
+    "lam_comparison_figure",
     "ReportImage",
     "Section",
     "write_index_html",

@@ -12,7 +12,9 @@ later model families, e.g. super-resolution networks, add their lines there):
 :func:`load` returns an ``eval()`` model carrying ``model.lamcam_meta`` (a dict with at least
 ``name``, ``arch``, ``task``, ``classes``, ``input_size``, ``default_layer``). Checkpoints are
 ``.safetensors`` (read by :mod:`lamcam._safetensors`) or ``.pth``/``.pt`` files read with
-``torch.load(weights_only=True)`` only -- never unpickling arbitrary objects.
+``torch.load(weights_only=True)`` only -- never unpickling arbitrary objects. State dicts that
+no registered architecture recognises go to spandrel, if installed
+(:mod:`lamcam.zoo.spandrel_compat`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "load",
     "samples",
     "sample_annotations",
+    "sr_samples",
 ]
 
 PathLike = str | os.PathLike
@@ -153,9 +156,22 @@ def register(
     _MODELS[name] = ModelEntry(name, arch, weights_file, dict(meta or {}), description)
 
 
-def list_models() -> list[str]:
-    """Sorted names of the registered models, e.g. ``["shapes_resnet", "shapes_vgg"]``."""
-    return sorted(_MODELS)
+def list_models(task: str | None = None) -> list[str]:
+    """Sorted names of the registered models, e.g. ``["shapes_resnet", "shapes_vgg", ...]``.
+
+    Args:
+        task: only models of this task (``"classification"``, ``"sr"``); None = all.
+    """
+    if task is None:
+        return sorted(_MODELS)
+    return sorted(n for n, e in _MODELS.items() if _task_of(e) == task)
+
+
+def _task_of(entry: ModelEntry) -> str | None:
+    task = entry.meta.get("task")
+    if task is None and entry.arch in _ARCHS:
+        task = _ARCHS[entry.arch].task
+    return task
 
 
 def list_archs() -> list[str]:
@@ -166,12 +182,12 @@ def list_archs() -> list[str]:
 # --------------------------------------------------------------------------------------------
 # metadata helpers
 # --------------------------------------------------------------------------------------------
-_JSON_KEYS = {"classes", "config"}
+_JSON_KEYS = {"classes", "config", "heldout", "train_images", "heldout_images"}
 _INT_KEYS = {
     "input_size", "num_params", "seed", "train_seed", "eval_seed", "eval_n", "n_train",
-    "epochs", "scale",
+    "epochs", "scale", "in_channels", "steps", "planned_steps", "batch_size", "lr_patch",
 }  # fmt: skip
-_FLOAT_KEYS = {"accuracy", "train_time_s"}
+_FLOAT_KEYS = {"accuracy", "train_time_s", "input_range", "psnr_y_gain", "lr"}
 
 
 def _parse_meta(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,6 +202,8 @@ def _parse_meta(raw: Mapping[str, Any]) -> dict[str, Any]:
                     v = int(v)
                 elif k in _FLOAT_KEYS:
                     v = float(v)
+                elif k == "receptive_field":  # LR pixels, or "global"
+                    v = int(v) if v.strip().isdigit() else v
             except ValueError:
                 if k == "classes":  # tolerate "a,b,c"
                     v = [c.strip() for c in v.split(",") if c.strip()]
@@ -222,10 +240,11 @@ def _weights_path(entry: ModelEntry) -> Iterator[Path]:
 
 
 def _missing_weights(entry: ModelEntry, path: Path) -> FileNotFoundError:
+    script = "train_sr" if _task_of(entry) == "sr" else "train_classifiers"
     return FileNotFoundError(
         f"weights of model {entry.name!r} not found at {path}. The package data is missing: "
         f"reinstall lamcam, or regenerate them with "
-        f"`python -m lamcam.zoo.train_classifiers --model {entry.name} --out {path.parent}`."
+        f"`python -m lamcam.zoo.{script} --model {entry.name} --out {path.parent}`."
     )
 
 
@@ -393,8 +412,8 @@ def _build(
     if arch not in _ARCHS:
         raise ZooError(
             f"unknown architecture {arch!r} for {src}. Registered architectures: "
-            f"{list_archs()}; pass arch= one of them, or register yours with "
-            "lamcam.zoo.register_arch()."
+            f"{list_archs()}; pass arch= one of them (or arch='spandrel' for the architectures "
+            "spandrel detects), or register yours with lamcam.zoo.register_arch()."
         )
     spec = _ARCHS[arch]
     config = meta.get("config")
@@ -409,6 +428,8 @@ def _build(
     model.eval()
 
     full = _defaults(spec)
+    if callable(getattr(model, "meta_defaults", None)):  # config-dependent facts (e.g. SR models)
+        full.update(model.meta_defaults())
     full.update(_parse_meta(base_meta))
     full.update(meta)
     full.update(name=name, arch=arch, config=dict(config), source=src)
@@ -431,11 +452,17 @@ def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Modu
             or a ``.pth``/``.pt`` state dict (raw, or under ``"state_dict"``/``"model"``).
         arch: architecture name (see :func:`list_archs`); needed for checkpoints whose
             metadata has no ``arch`` and whose keys match no registered architecture.
+            ``"spandrel"`` hands the state dict to spandrel directly. Without ``arch``, a
+            checkpoint that none of lamcam's architectures recognises goes to spandrel (if
+            installed: ``pip install 'lamcam[sr]'``), see :mod:`lamcam.zoo.spandrel_compat`.
 
     Returns:
         The model on CPU in eval mode, with ``model.lamcam_meta`` (dict: ``name``, ``arch``,
         ``task``, ``classes``, ``input_size``, ``default_layer``, ``config``, ``source``,
-        ``num_params`` and whatever else the checkpoint's metadata holds).
+        ``num_params`` and whatever else the checkpoint's metadata holds; SR models add
+        ``scale``, ``in_channels``, ``input_range``, ``receptive_field``). A checkpoint loaded
+        through spandrel is a :class:`~lamcam.zoo.spandrel_compat.PadToRequirements` around
+        spandrel's raw module, with ``source == "spandrel"``.
 
     Raises:
         UnknownModelError: not a registered name and not an existing file (lists the names).
@@ -464,7 +491,53 @@ def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Modu
     if not path.is_file():
         raise ZooError(f"{path} is a directory; pass a .safetensors or .pth file")
     state, meta = _read_checkpoint(path)
-    return _build(state, meta, arch=arch, name=path.stem, base_meta={}, src=str(path))
+    return _build_or_spandrel(state, meta, arch=arch, name=path.stem, src=str(path))
+
+
+def _build_or_spandrel(
+    state: dict[str, torch.Tensor],
+    file_meta: Mapping[str, Any],
+    *,
+    arch: str | None,
+    name: str,
+    src: str,
+) -> nn.Module:
+    """Our registered architectures first; spandrel for whatever they do not recognise.
+
+    ``arch="spandrel"`` goes to spandrel directly. An explicit unknown ``arch=`` is an error; an
+    architecture named only in the file's metadata that we do not know, or no architecture at
+    all, is handed to spandrel (if installed).
+    """
+    from lamcam.zoo import spandrel_compat as sc
+
+    if arch == "spandrel":
+        try:
+            return sc.load_with_spandrel(state, name=name, source=src)
+        except (sc.SpandrelUnavailable, sc.SpandrelUnsupported) as e:
+            raise ZooError(f"cannot load {src} with spandrel (arch='spandrel'): {e}") from e
+    stored = _parse_meta(file_meta).get("arch")
+    chosen = arch or stored or _infer_arch(state)
+    if arch is not None or (chosen is not None and chosen in _ARCHS):
+        return _build(state, file_meta, arch=chosen, name=name, base_meta={}, src=src)
+    if stored is not None:
+        ours = f"its metadata names architecture {stored!r}, which is not registered"
+    else:
+        ours = (f"its keys match none of the registered architectures with key inference "
+                f"({', '.join(n for n in list_archs() if _ARCHS[n].infer_config) or 'none'})")
+    try:
+        return sc.load_with_spandrel(state, name=name, source=src, extra_meta=file_meta)
+    except sc.SpandrelUnavailable as e:
+        theirs = f"not available ({e})"
+    except sc.SpandrelUnsupported as e:
+        theirs = str(e)
+    example = ", ".join(list(state)[:4]) + (", ..." if len(state) > 4 else "")
+    raise ZooError(
+        f"cannot tell the architecture of {src}: pass arch= one of {list_archs()} (or "
+        f"arch='spandrel'), or register yours with lamcam.zoo.register_arch(). Loaders tried:\n"
+        f"  - lamcam registry: {ours}\n"
+        f"  - spandrel: {theirs}\n"
+        f"The file holds {len(state)} tensors ({example})."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,6 +564,26 @@ def sample_annotations() -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall lamcam")
     return json.loads(path.read_text())
+
+
+def sr_samples() -> list[dict[str, Any]]:
+    """Bundled held-out super-resolution test pairs (never used in training), sorted by name.
+
+    Returns:
+        One dict per pair: ``name``, ``lr`` (Path of the LR PNG), ``hr`` (Path of the HR PNG,
+        exactly 4x the LR size), plus ``source``, ``crop``, ``license``, ``degradation`` from
+        ``samples/sr/samples.json``.
+    """
+    d = _samples_dir() / "sr"
+    path = d / "samples.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall lamcam")
+    out = []
+    for name, entry in sorted(json.loads(path.read_text()).items()):
+        item = dict(entry)
+        item.update(name=name, lr=d / entry["lr"], hr=d / entry["hr"])
+        out.append(item)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,6 +630,104 @@ def _register_builtin() -> None:
         weights_file="shapes_resnet.safetensors",
         description="small ResNet (BasicBlocks) classifying 64x64 multi-instance shapes",
     )
+    _register_sr()
+
+
+def _register_sr() -> None:
+    """The x4 super-resolution zoo (:mod:`lamcam.zoo.sr`, trained by :mod:`lamcam.zoo.train_sr`)."""
+    from lamcam.zoo import sr
+
+    def seq_len(state: Mapping[str, torch.Tensor], prefix: str, suffix: str) -> int:
+        n = 0
+        while f"{prefix}.{n}.{suffix}" in state:
+            n += 1
+        return n
+
+    def shuffle_scale(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+        scale, i = 1, 0
+        while f"{prefix}.{i}.weight" in state:
+            w = state[f"{prefix}.{i}.weight"]
+            scale *= round((w.shape[0] / w.shape[1]) ** 0.5)
+            i += 2
+        return scale
+
+    def range_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        if "sub_mean.weight" not in state:
+            return {"norm": False}
+        # MeanShift: weight = 1/std on the diagonal, bias = -rgb_range * mean / std
+        diag = state["sub_mean.weight"].reshape(3, 3).diagonal().double()
+        mean = torch.tensor(sr.DIV2K_MEAN, dtype=torch.float64)
+        rgb_range = float((-state["sub_mean.bias"].double() / (mean * diag)).mean())
+        for known in (255.0, 1.0):
+            if abs(rgb_range - known) < 1e-3 * known:
+                rgb_range = known
+        return {"norm": True, "rgb_range": rgb_range}
+
+    def edsr_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        head = state["head.0.weight"]
+        n_feats = int(head.shape[0])
+        # res_scale is not stored; the official large EDSR (256 features) was trained with 0.1
+        return {
+            "n_feats": n_feats, "n_resblocks": seq_len(state, "body", "body.0.weight"),
+            "scale": shuffle_scale(state, "tail.0"), "n_colors": int(head.shape[1]),
+            "res_scale": 0.1 if n_feats >= 256 else 1.0, **range_config(state),
+        }
+
+    def rcan_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        head = state["head.0.weight"]
+        squeeze = state["body.0.body.0.body.3.conv_du.0.weight"].shape[0]
+        return {
+            "n_feats": int(head.shape[0]),
+            "n_resgroups": seq_len(state, "body", "body.0.body.0.weight"),
+            "n_resblocks": seq_len(state, "body.0.body", "body.0.weight"),
+            "reduction": int(head.shape[0]) // int(squeeze),
+            "scale": shuffle_scale(state, "tail.0"), "n_colors": int(head.shape[1]),
+            **range_config(state),
+        }
+
+    def fsrcnn_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        return {
+            "d": int(state["feature.0.weight"].shape[0]),
+            "s": int(state["shrink.0.weight"].shape[0]),
+            "mapping": len([k for k in state if k.startswith("mapping.") and k.endswith(".bias")]),
+            "scale": round((state["upsample.0.weight"].shape[0] / 3) ** 0.5),
+        }
+
+    def swinir_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        dim = int(state["conv_first.weight"].shape[0])
+        table = state["layers.0.blocks.0.attn.relative_position_bias_table"]
+        return {
+            "dim": dim,
+            "depths": [seq_len(state, f"layers.{i}.blocks", "norm1.weight")
+                       for i in range(seq_len(state, "layers", "conv.weight"))],
+            "heads": int(table.shape[1]),
+            "window": (round(table.shape[0] ** 0.5) + 1) // 2,
+            "mlp_ratio": state["layers.0.blocks.0.mlp.0.weight"].shape[0] / dim,
+            "scale": round((state["upsample.0.weight"].shape[0] / 3) ** 0.5),
+        }
+
+    archs = [
+        ("FSRCNN", sr.FSRCNN, fsrcnn_config),
+        ("EDSR", sr.EDSR, edsr_config),
+        ("RCAN", sr.RCAN, rcan_config),
+        ("SwinIRLite", sr.SwinIRLite, swinir_config),
+    ]
+    for name, cls, infer in archs:
+        rf = sr.receptive_field(cls())
+        register_arch(
+            name, cls, task="sr", infer_config=infer,
+            defaults={"scale": 4, "in_channels": 3, "input_range": 1.0,
+                      "receptive_field": "global" if rf is None else rf},
+        )
+    models = [
+        ("sr_fsrcnn", "FSRCNN", "FSRCNN-like plain CNN (x4), small receptive field"),
+        ("sr_edsr", "EDSR", "EDSR-like residual CNN (x4) in the official EDSR key layout"),
+        ("sr_rcan", "RCAN", "RCAN-like channel-attention CNN (x4), spandrel-compatible keys"),
+        ("sr_swinir", "SwinIRLite", "SwinIR-like shifted-window self-attention network (x4)"),
+    ]
+    for name, arch, description in models:
+        register(name, arch=arch, weights_file=f"{name}.safetensors", meta={"task": "sr"},
+                 description=description)
 
 
 _register_builtin()
