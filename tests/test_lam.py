@@ -314,3 +314,27 @@ def test_no_warning_for_ordinary_images():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lamcam.LAM(small_sr(2), steps=3, progress=False)(torch.rand(3, 16, 16), 4, 4, 8)
+
+
+def test_completeness_below_two_percent_on_a_zoo_model():
+    model = lamcam.zoo.load("sr_fsrcnn")
+    lr = lamcam.io.load_image(lamcam.zoo.sr_samples()[0]["lr"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run far slower with 2 threads on a busy machine
+    try:
+        r = lamcam.LAM(model, progress=False)(lr, 96, 80)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < r.completeness_error < 0.02
+    assert r.params["scale"] == 4 and r.sr.shape[-2:] == (lr.shape[-2] * 4, lr.shape[-1] * 4)
+    assert 0 < r.diffusion_index < 100 and r.pixels95 > 0
+
+
+def test_grayscale_model_and_rgb_image():
+    torch.manual_seed(0)
+    gray_model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                               nn.PixelShuffle(2)).eval()
+    rgb = torch.rand(3, 12, 12)
+    with pytest.warns(UserWarning, match="luma"):
+        r = lamcam.LAM(gray_model, steps=4, progress=False)(rgb, 4, 4, 8)
+    assert r.attribution.shape == (1, 12, 12) and r.sr.shape == (1, 24, 24)
