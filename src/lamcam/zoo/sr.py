@@ -340,6 +340,24 @@ class _RangeMixin(_SRMixin):
             self.sub_mean = nn.Identity()
             self.add_mean = nn.Identity()
 
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in ``[0, 1]`` -> ``(B, 3, scale H, scale W)``."""
+        x = self.sub_mean(x * self.rgb_range)
+        x = self.head(x)
+        x = self.body(x) + x
+        x = self.add_mean(self.tail(x))
+        return x / self.rgb_range
+
+    def init_bilinear(self) -> None:
+        """Re-initialise so that the network computes bilinear upsampling of its input exactly
+        (away from the zero-padded border), all other weights keeping their random values.
+
+        A training aid for tiny compute budgets (see :mod:`lamcam.zoo.train_sr`): the head copies
+        the image into channels 0-2, the last conv of the body is zero, and the upsampler's
+        convs and the tail conv implement bilinear x2 on channels 0-2.
+        """
+        _edsr_family_bilinear(self)
+
 
 class EDSR(_RangeMixin, nn.Module):
     """EDSR: head conv, residual blocks without BN, body conv + global skip, x2 x2 upsampler.
@@ -379,24 +397,6 @@ class EDSR(_RangeMixin, nn.Module):
             *[ResBlock(n_feats, 3, res_scale) for _ in range(n_resblocks)], _conv(n_feats, n_feats)
         )
         self.tail = nn.Sequential(Upsampler(scale, n_feats), _conv(n_feats, n_colors))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in ``[0, 1]`` -> ``(B, 3, scale H, scale W)``."""
-        x = self.sub_mean(x * self.rgb_range)
-        x = self.head(x)
-        x = self.body(x) + x
-        x = self.add_mean(self.tail(x))
-        return x / self.rgb_range
-
-    def init_bilinear(self) -> None:
-        """Re-initialise so that the network computes bilinear upsampling of its input exactly
-        (away from the zero-padded border), all other weights keeping their random values.
-
-        A training aid for tiny compute budgets (see :mod:`lamcam.zoo.train_sr`): the head copies
-        the image into channels 0-2, the last conv of the body is zero, and the upsampler's
-        convs and the tail conv implement bilinear x2 on channels 0-2.
-        """
-        _edsr_family_bilinear(self)
 
     def rf_ops(self) -> list[_RFOp]:
         """Receptive-field ops (see :func:`receptive_field`)."""
@@ -495,24 +495,6 @@ class RCAN(_RangeMixin, nn.Module):
             _conv(n_feats, n_feats),
         )
         self.tail = nn.Sequential(Upsampler(scale, n_feats), _conv(n_feats, n_colors))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in ``[0, 1]`` -> ``(B, 3, scale H, scale W)``."""
-        x = self.sub_mean(x * self.rgb_range)
-        x = self.head(x)
-        x = self.body(x) + x
-        x = self.add_mean(self.tail(x))
-        return x / self.rgb_range
-
-    def init_bilinear(self) -> None:
-        """Re-initialise so that the network computes bilinear upsampling of its input exactly
-        (away from the zero-padded border), all other weights keeping their random values.
-
-        A training aid for tiny compute budgets (see :mod:`lamcam.zoo.train_sr`): the head copies
-        the image into channels 0-2, the last conv of the body is zero, and the upsampler's
-        convs and the tail conv implement bilinear x2 on channels 0-2.
-        """
-        _edsr_family_bilinear(self)
 
     def rf_ops(self) -> list[_RFOp]:
         """Receptive-field ops: global (channel attention pools the whole image)."""
