@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.maps", "lamcam.targets", "lamcam.guided",
     "lamcam.paths", "lamcam.integrate", "lamcam.lam", "lamcam.metrics.diffusion", "lamcam.attribution",
+    "lamcam.metrics.faithfulness", "lamcam.metrics.localisation", "lamcam.metrics.sanity",
 ]
 
 
