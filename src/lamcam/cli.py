@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lamcam.integrate import QUADRATURES
+
 __all__ = ["main", "build_parser", "parse_target", "CliError"]
 
 #: CAM-family methods shown in help texts (the authoritative list is ``lamcam.METHODS``).
@@ -381,7 +383,6 @@ def _write_cam_outputs(
 # lamcam lam
 # --------------------------------------------------------------------------------------------
 
-_QUADRATURES = ("riemann", "trapezoid", "gauss-legendre")
 
 
 def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -434,7 +435,7 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="path steps / network passes (default: 50)")
     p.add_argument("--kernel-size", type=int, default=9, metavar="L",
                    help="odd side of the blur kernel (default: 9)")
-    p.add_argument("--quadrature", choices=_QUADRATURES, default="riemann",
+    p.add_argument("--quadrature", choices=QUADRATURES, default="riemann",
                    help="path quadrature (default: riemann, the official discretisation)")
     p.add_argument("--objective", choices=("gradient", "mean"), default="gradient",
                    help="window objective: edge strength (default, the paper's) or mean intensity")
@@ -531,9 +532,9 @@ def _run_lam(args: argparse.Namespace) -> int:
     if len(plans) > 1:  # check every model's scale and window before the expensive part
         for name, _, lam, x in plans:
             try:
-                scale, sr = lam.scale_of(x)
+                scale = lam.scale_of(x)  # the probe LAM caches and reuses
                 lam.window_origin(args.row, args.col, args.window, scale,
-                                  tuple(sr.shape[-2:]), args.coords)
+                                  (x.shape[-2] * scale, x.shape[-1] * scale), args.coords)
             except ValueError as e:
                 raise CliError(f"{name}: {' '.join(str(e).split())}") from None
 

@@ -619,7 +619,7 @@ def lam_sections(
         lam = LAM(model, steps=steps, input_range=float(meta.get("input_range", 1.0)),
                   progress=show)
         if where is None:  # the window is chosen once, from the first model's scale
-            scale, _ = lam.scale_of(lr)
+            scale = lam.scale_of(lr)
             ref = hr if hr is not None and hr.shape[-2:] == (lr.shape[-2] * scale,
                                                             lr.shape[-1] * scale) else None
             if ref is None:

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,27 +253,25 @@ class LAM:
             image = image.to(device=param.device, dtype=param.dtype)
         return image.detach()
 
-    def _probe(self, image: Tensor) -> tuple[int, int, Tensor | None]:
-        """Scale factor and path points per pass for this input shape (one probe pass, cached).
-
-        Returns ``(scale, batch_size, output)``; ``output`` is the probe's SR output on the first
-        call for a shape, ``None`` afterwards.
-        """
+    def _probe(self, image: Tensor) -> tuple[int, int]:
+        """Scale factor and path points per pass for this prepared input (one probe pass, cached
+        per input shape)."""
         key = (tuple(image.shape), image.dtype, image.device)
-        if key in self._probes:
-            return (*self._probes[key], None)
-        out, point_bytes = probe_point_bytes(self._net, image)
-        scale = self._check_output(out, image)
-        n_points = len(plan(self.quadrature, self.steps)[0])
-        batch = self.batch_size or batch_for_budget(point_bytes, n_points, self.memory_budget)
-        self._probes[key] = (scale, batch)
-        return scale, batch, out[0]
+        if key not in self._probes:
+            out, point_bytes = probe_point_bytes(self._net, image)
+            scale = self._check_output(out, image)
+            n_points = len(plan(self.quadrature, self.steps)[0])
+            batch = self.batch_size or batch_for_budget(point_bytes, n_points, self.memory_budget)
+            self._probes[key] = (scale, batch)
+        return self._probes[key]
 
-    def scale_of(self, image: Tensor) -> tuple[int, Tensor]:
-        """The integer scale factor and the SR output ``(C', sH, sW)`` for ``image`` ``(C, H, W)``."""
-        with torch.no_grad():
-            out = self._net(image.unsqueeze(0))
-        return self._check_output(out, image), out[0]
+    def scale_of(self, image: Tensor) -> int:
+        """The integer scale factor for ``image`` ``(C, H, W)``.
+
+        Uses the probe pass LAM itself needs (cached per input shape), so checking windows before
+        explaining costs no extra forward pass.
+        """
+        return self._probe(self._prepare(image))[0]
 
     @staticmethod
     def _check_output(out: object, image: Tensor) -> int:
@@ -330,7 +327,7 @@ class LAM:
             window: the window side in SR pixels.
         """
         x = self._prepare(image)
-        scale, batch, sr = self._probe(x)
+        scale, batch = self._probe(x)
         sr_shape = (x.shape[-2] * scale, x.shape[-1] * scale)
         top, left = self.window_origin(int(row), int(col), int(window), scale, sr_shape, coords)
         if callable(self.objective) and not isinstance(self.objective, str):
@@ -348,12 +345,9 @@ class LAM:
             self._net, path, objective, steps=self.steps, quadrature=self.quadrature,
             batch_size=batch, progress="LAM" if self.progress else False,
         )
-        if result.output is not None:
-            sr = result.output
-            if not bool(torch.isfinite(sr).all()):
-                self._check_output(sr[None], x)  # raises with the NaN message
-        elif sr is None:
-            sr = self.scale_of(x)[1]
+        sr = result.output  # the network at γ(1) = x: always evaluated (completeness is on)
+        if not bool(torch.isfinite(sr).all()):
+            self._check_output(sr[None], x)  # raises with the NaN message
         attr = result.attribution
         amap = abs_normalized_map(attr)
         if bool((amap == 0).all()):
@@ -371,10 +365,9 @@ class LAM:
             "kernel_size": self.kernel_size, "steps": self.steps, "quadrature": self.quadrature,
             "objective": obj_name, "input_range": self.input_range,
         }
-        err = result.completeness_error
         return LAMResult(
             attribution=attr, map=amap, diffusion_index=di, pixels95=mass_pixels(amap),
-            sr=sr.detach(), completeness_error=err if not math.isnan(err) else math.nan,
+            sr=sr.detach(), completeness_error=result.completeness_error,
             objective_input=result.objective_input, objective_baseline=result.objective_baseline,
             image=x, params=params,
         )
