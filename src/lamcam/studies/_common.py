@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -312,15 +313,17 @@ def publish(name: str, markdown: str, *, docs: str | os.PathLike = "docs",
         raise
 
     results = docs / "results.md"
-    sections: dict[str, str] = {}
-    if results.exists():
-        for m in _SECTION_RE.finditer(results.read_text(encoding="utf-8")):
-            sections[m["name"]] = m["body"]
-    sections[name] = markdown.rstrip("\n") + "\n"
-    parts = [_RESULTS_HEADER]
-    for n in sorted(sections, key=_order):
-        parts.append(f"<!-- study:{n}:begin -->\n{sections[n]}<!-- study:{n}:end -->\n\n")
-    atomic_write_text(results, "".join(parts).rstrip("\n") + "\n")
+    with open(docs / ".results.lock", "a") as lock:  # two studies may finish at the same time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sections: dict[str, str] = {}
+        if results.exists():
+            for m in _SECTION_RE.finditer(results.read_text(encoding="utf-8")):
+                sections[m["name"]] = m["body"]
+        sections[name] = markdown.rstrip("\n") + "\n"
+        parts = [_RESULTS_HEADER]
+        for n in sorted(sections, key=_order):
+            parts.append(f"<!-- study:{n}:begin -->\n{sections[n]}<!-- study:{n}:end -->\n\n")
+        atomic_write_text(results, "".join(parts).rstrip("\n") + "\n")
     return results
 
 
