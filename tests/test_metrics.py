@@ -30,6 +30,11 @@ def test_average_drop_increase_and_win_hand_computed():
     assert metrics.average_drop(y, o) == pytest.approx(100 * (0.5 + 0 + 0 + 1) / 4)
     assert metrics.increase_in_confidence(y, o) == 25.0
     assert metrics.win_percent(torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.1])) == (50.0, 50.0, 0.0)
+    # differences below the tolerance are ties, not wins on floating-point noise
+    assert metrics.win_percent(torch.tensor([0.1, 0.2]), torch.tensor([0.1 + 1e-9, 0.2 - 1e-9])) == (
+        0.0, 0.0, 100.0)
+    a, b = torch.tensor([0.1], dtype=torch.float64), torch.tensor([0.1 + 1e-9], dtype=torch.float64)
+    assert metrics.win_percent(a, b, tol=0.0)[0] == 100.0
 
 
 def test_confidence_scores_identity_and_zero_maps():
@@ -40,7 +45,8 @@ def test_confidence_scores_identity_and_zero_maps():
     ones = metrics.confidence_scores(model, x, torch.ones(5, 16, 16))
     torch.testing.assert_close(ones.y, ones.o)
     assert ones.average_drop == pytest.approx(0.0) and ones.increase_in_confidence == 0.0
-    small = metrics.confidence_scores(model, x, torch.ones(5, 4, 4))  # resized to the images
+    with pytest.warns(UserWarning, match=r"\(4, 4\) resized bilinearly to the images' \(16, 16\)"):
+        small = metrics.confidence_scores(model, x, torch.ones(5, 4, 4))
     torch.testing.assert_close(small.o, ones.o)
     zeros = metrics.confidence_scores(model, x, torch.zeros(5, 16, 16))
     with torch.no_grad():
@@ -56,6 +62,9 @@ def test_localisation_hand_computed():
     m = torch.tensor([[0.0, 0.2, 0.9], [0.1, 1.0, 0.3], [0.0, 0.0, 0.5]])
     mask = torch.tensor([[0, 0, 1], [0, 1, 1], [0, 0, 0]], dtype=torch.bool)
     assert metrics.pointing_game(m, mask)
+    with pytest.warns(UserWarning, match=r"\(3, 3\) resized bilinearly to the mask's \(6, 6\)"):
+        big = mask.repeat_interleave(2, 0).repeat_interleave(2, 1)
+        assert metrics.energy_pointing_game(m, big) > 0.5
     assert metrics.energy_pointing_game(m, mask) == pytest.approx((0.9 + 1.0 + 0.3) / 3.0)
     # m >= 0.5: {(0,2), (1,1), (2,2)}; mask {(0,2), (1,1), (1,2)}: inter 2, union 4
     assert metrics.iou_at(m, mask, 0.5) == pytest.approx(0.5)

@@ -636,12 +636,208 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# lamcam eval
+# --------------------------------------------------------------------------------------------
+_EVAL_GROUPS = ("faithfulness", "deletion", "localisation")
+
+
+def _add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="score CAM methods: Average Drop, Win %%, deletion/insertion, localisation",
+        description=(
+            "Score several attribution methods on one classifier over a set of images and write\n"
+            "  summary.md    the table (best per column in bold), Win %%, results by instance count\n"
+            "  summary.csv   one row per method;  per_image.csv  one row per (method, image)\n"
+            "  *.png         metric bars, mean deletion/insertion curves, coverage by instance count\n"
+            "Images come from files (ground-truth instance masks are read from <stem>_mask.png\n"
+            "beside each image: 0 = background, k = instance k; labels from a samples.json) or\n"
+            "from the generated shapes set with exact masks (--shapes N)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  lamcam eval --shapes 200 --model shapes_resnet --methods cam,gradcam,gradcam++\n"
+            "  lamcam eval src/lamcam/zoo/samples/*.png --model shapes_vgg --out eval-vgg\n"
+            "  lamcam eval photos/ --model ckpt.pth --arch shapes_vgg --metrics faithfulness\n"
+            "\nexit status: 0 ok, 1 some images could not be read, 2 usage/configuration error"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE|DIR", help="image files or folders")
+    p.add_argument("--shapes", type=int, default=None, metavar="N",
+                   help="evaluate on N generated shapes images with exact instance masks")
+    p.add_argument("--seed", type=int, default=7000,
+                   help="seed of the generated set (default 7000; the zoo trained on 1000)")
+    p.add_argument("--model", default="shapes_resnet", metavar="NAME|CHECKPOINT",
+                   help="bundled classifier or checkpoint (default: shapes_resnet)")
+    p.add_argument("--arch", default=None, help="architecture of a checkpoint given to --model")
+    p.add_argument("--methods", default="cam,gradcam,gradcam++", metavar="M1,M2",
+                   help=f"comma-separated methods from: {_METHOD_HELP} (default: cam,gradcam,gradcam++)")
+    p.add_argument("--layer", default=None, metavar="L", help="layer for CAM methods (default: the "
+                   "model's default layer, else picked automatically)")
+    p.add_argument("--target", default="pred", choices=("pred", "label"),
+                   help="explain the predicted class (default) or the true label")
+    p.add_argument("--metrics", default=None, metavar="G1,G2",
+                   help=f"metric groups from {', '.join(_EVAL_GROUPS)} (default: all the data supports)")
+    p.add_argument("--steps", type=int, default=32, help="deletion/insertion steps (default 32)")
+    p.add_argument("--substrate", default="zeros", choices=("zeros", "blur"),
+                   help="what deleted pixels become (default zeros, as in RISE)")
+    p.add_argument("--input", default="raw", choices=("raw", "normalised"),
+                   help="what the model's input tensor is, recorded with Average Drop (default raw)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per call (default 16)")
+    p.add_argument("--out", default="lamcam-eval", metavar="DIR",
+                   help="output directory (default: lamcam-eval)")
+    p.set_defaults(func=_run_eval)
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def _eval_inputs(specs: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in _IMAGE_SUFFIXES
+                           and not q.stem.endswith("_mask"))
+            if not found:
+                raise CliError(f"no images in folder {p}")
+            paths.extend(found)
+        elif p.stem.endswith("_mask"):
+            continue  # a ground-truth mask picked up by a shell glob
+        else:
+            paths.append(p)
+    return paths
+
+
+def _instance_masks(path: Path, hw: tuple[int, int]) -> Any:
+    """``(n, H, W)`` bool from ``<stem>_mask.png`` (0 background, k = instance k), or None."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    mp = path.with_name(path.stem + "_mask.png")
+    if not mp.is_file():
+        return None
+    try:
+        with Image.open(mp) as im:
+            a = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I", "I;16") else im)
+    except OSError as e:
+        raise CliError(f"cannot read mask {mp}: {e}") from e
+    if a.ndim != 2:
+        raise CliError(f"mask {mp} must be a single-channel label image")
+    ids = [int(v) for v in np.unique(a) if v != 0]
+    if not ids:
+        raise CliError(f"mask {mp} is empty (no object pixels); remove it or the image")
+    m = torch.from_numpy(np.stack([a == k for k in ids]))
+    if tuple(m.shape[1:]) != tuple(hw):
+        raise CliError(f"mask {mp} is {a.shape[1]}x{a.shape[0]} but the image is used at "
+                       f"{hw[1]}x{hw[0]}; give a mask of the image's size")
+    return m
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from lamcam.evaluation import MetricUnavailableError, evaluate
+    from lamcam.io import ImageLoadError, ensure_writable_dir, load_image
+
+    if (args.shapes is None) == (not args.images):
+        raise CliError("give image files/folders or --shapes N (one of the two)")
+    if args.shapes is not None and args.shapes < 1:
+        raise CliError(f"--shapes must be positive, got {args.shapes}")
+    if args.batch_size < 1 or args.steps < 1:
+        raise CliError("--batch-size and --steps must be positive")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise CliError("--methods is empty")
+    groups = None
+    if args.metrics is not None:
+        groups = [g.strip() for g in args.metrics.split(",") if g.strip()]
+        bad = [g for g in groups if g not in _EVAL_GROUPS]
+        if bad or not groups:
+            raise CliError(f"unknown metric group(s) {bad}; choose from {', '.join(_EVAL_GROUPS)}")
+    out_dir = ensure_writable_dir(args.out)
+
+    model = _load_model(args.model, args.arch)
+    meta = _model_meta(model)
+    layer: Any = args.layer if args.layer is not None else meta.get("default_layer")
+    failed: list[str] = []
+    labels = None
+    if args.shapes is not None:
+        from lamcam.zoo.shapes import DEFAULT_SIZE, make_dataset
+
+        hw = _input_hw(meta) or (DEFAULT_SIZE, DEFAULT_SIZE)
+        if hw[0] != hw[1]:
+            raise CliError(f"--shapes makes square images; the model takes {hw[1]}x{hw[0]}")
+        ds = make_dataset(args.shapes, args.seed, hw[0])
+        images, labels, masks = ds.images, ds.labels, ds.masks
+        ids: list[Any] = [f"shapes-{args.seed}-{i}" for i in range(args.shapes)]
+        source = f"{args.shapes} generated shapes images (seed {args.seed})"
+    else:
+        from lamcam.demo import load_samples
+
+        paths = _eval_inputs(args.images)
+        hw = _input_hw(meta)
+        xs, kept = [], []
+        for path in paths:
+            try:
+                xs.append(load_image(path, mode=_input_mode(meta), size=hw))
+                kept.append(path)
+            except ImageLoadError as e:
+                _err(f"{e} (skipped)")
+                failed.append(str(path))
+        if not xs:
+            raise CliError("none of the images could be read", EXIT_PARTIAL)
+        shapes = {tuple(x.shape) for x in xs}
+        if len(shapes) > 1:
+            raise CliError(f"images have different sizes {sorted(shapes)} and the model declares no "
+                           "input size; resize them to one size first")
+        images = torch.stack(xs)
+        hw = tuple(images.shape[2:])
+        masks = [_instance_masks(p, hw) for p in kept]
+        if any(m is None for m in masks):
+            missing = sum(m is None for m in masks)
+            if groups is not None and "localisation" in groups:
+                raise CliError(f"localisation needs ground-truth masks, but {missing} of {len(masks)} "
+                               "images have no <stem>_mask.png beside them; add masks or drop "
+                               "'localisation' from --metrics")
+            if missing < len(masks):
+                _note(f"{missing} of {len(masks)} images have no mask: localisation metrics skipped")
+            masks = None
+        if args.target == "label":
+            infos = load_samples(kept)
+            if any(s.label is None for s in infos):
+                raise CliError("--target label needs labels in a samples.json beside the images; "
+                               "use --target pred")
+            labels = torch.tensor([s.label for s in infos])
+        ids = [str(p) for p in kept]
+        source = f"{len(kept)} image file(s)"
+    try:
+        ev = evaluate(model, images, methods, labels=labels, instance_masks=masks, layer=layer,
+                      target=args.target, groups=groups, input=args.input, steps=args.steps,
+                      substrate=args.substrate, batch_size=args.batch_size, image_ids=ids)
+    except MetricUnavailableError as e:
+        raise CliError(str(e)) from e
+    ev.config = {"model": args.model, "data": source, **ev.config}
+    written = ev.write(out_dir, title=f"lamcam eval: {args.model}")
+    print(ev.markdown())
+    print(f"wrote {len(written)} files to {out_dir} (summary.md, summary.csv, per_image.csv, plots)")
+    if failed:
+        _err(f"{len(failed)} image(s) could not be read: {', '.join(failed)}")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------
 
 _SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_cam_parser,
     _add_lam_parser,
+    _add_eval_parser,
     _add_demo_parser,
 ]
 

@@ -20,6 +20,7 @@ insertion: higher.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -84,8 +85,11 @@ def increase_in_confidence(y: Tensor, o: Tensor) -> float:
     return float(100 * (y < o).double().mean())
 
 
-def win_percent(drop_a: Tensor, drop_b: Tensor) -> tuple[float, float, float]:
+def win_percent(drop_a: Tensor, drop_b: Tensor, tol: float = 1e-6) -> tuple[float, float, float]:
     """``(A wins %, B wins %, ties %)``: the share of images where each method's drop is smaller.
+
+    Drops closer than ``tol`` are ties, so two methods whose maps are equal up to floating-point
+    rounding (CAM and Grad-CAM on a GAP → linear head) do not "win" on noise.
 
     Example:
         >>> [round(v, 2) for v in win_percent(torch.tensor([0.1, 0.5, 0.2]), torch.tensor([0.3, 0.4, 0.2]))]
@@ -94,8 +98,8 @@ def win_percent(drop_a: Tensor, drop_b: Tensor) -> tuple[float, float, float]:
     if drop_a.shape != drop_b.shape:
         raise ValueError(f"drops of {tuple(drop_a.shape)} and {tuple(drop_b.shape)} images")
     n = drop_a.numel()
-    a = float((drop_a < drop_b).sum()) * 100 / n
-    b = float((drop_b < drop_a).sum()) * 100 / n
+    a = float((drop_a < drop_b - tol).sum()) * 100 / n
+    b = float((drop_b < drop_a - tol).sum()) * 100 / n
     return a, b, 100 - a - b
 
 
@@ -106,7 +110,10 @@ def _fit_maps(maps: Tensor, images: Tensor) -> Tensor:
     if maps.shape[0] != images.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps for {images.shape[0]} images")
     if tuple(maps.shape[1:]) != tuple(images.shape[2:]):
-        maps = upsample_maps(maps, images.shape[2:])  # documented: maps are resized to the images
+        warnings.warn(f"maps of size {tuple(maps.shape[1:])} resized bilinearly to the images' "
+                      f"{tuple(images.shape[2:])}; pass maps at the image size to silence this",
+                      stacklevel=3)
+        maps = upsample_maps(maps, images.shape[2:])
     return maps.unsqueeze(1)
 
 
@@ -141,8 +148,12 @@ def confidence_scores(model: nn.Module, images: Tensor, maps: Tensor, targets: T
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor,
                        targets: Tensor | None = None, *, steps: int = 32, blur_sigma: float = 5.0,
-                       substrate: str = "zeros", batch_size: int = 64) -> tuple[Tensor, Tensor]:
+                       substrate: str = "zeros", batch_size: int = 64, return_curves: bool = False
+                       ) -> tuple[Tensor, ...]:
     """Deletion and insertion AUC per image, ``((N,), (N,))``.
+
+    With ``return_curves=True`` also the probability curves, ``(N, steps + 1)`` each:
+    ``(del_auc, ins_auc, del_curve, ins_curve)``.
 
     Pixels are ordered by the map (highest first; ties by position). Deletion replaces them step
     by step with the substrate — zeros (RISE's choice, the default) or ``"blur"``, the image blurred
@@ -169,7 +180,7 @@ def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor,
     counts = [round(k * hw / steps) for k in range(steps + 1)]
     size = min(int(4 * blur_sigma) | 1, 2 * min(h, w) - 1)  # reflect padding needs pad < side
     blurred = blur(images, gaussian_kernel(blur_sigma, size).to(images))
-    results = []
+    results, curves = [], []
     removed = torch.zeros_like(images) if substrate == "zeros" else blurred
     for start_img, end_img in ((images, removed), (blurred, images)):
         # deletion: from the image towards zeros; insertion: from the blur towards the image
@@ -187,4 +198,7 @@ def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor,
                 out.append(torch.softmax(model(batch[s:s + batch_size]).double(), 1)[:, targets[i]])
             probs[i] = torch.cat(out)
         results.append(torch.trapezoid(probs, dx=1.0 / steps, dim=1))
+        curves.append(probs)
+    if return_curves:
+        return results[0], results[1], curves[0], curves[1]
     return results[0], results[1]

@@ -13,6 +13,8 @@ bilinearly to it.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,12 +24,18 @@ from lamcam.maps import upsample_maps
 __all__ = ["energy_pointing_game", "instance_coverage", "iou_at", "local_maxima", "pointing_game"]
 
 
+def _warn_resize(have: tuple[int, ...], want: tuple[int, ...]) -> None:
+    warnings.warn(f"map of size {tuple(have)} resized bilinearly to the mask's {tuple(want)}; "
+                  "pass maps at the mask's size to silence this", stacklevel=4)
+
+
 def _prep(attr_map: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     mask = torch.as_tensor(mask).bool()
     if mask.ndim == 3:
         mask = mask.any(0)
     m = attr_map.detach().double()
     if m.shape != mask.shape:
+        _warn_resize(m.shape, mask.shape)
         m = upsample_maps(m, mask.shape)
     if not bool(mask.any()):
         raise ValueError("the ground-truth mask is empty: localisation is undefined for an image "
@@ -104,6 +112,7 @@ def instance_coverage(attr_map: Tensor, instance_masks: Tensor, min_value: float
         raise ValueError("instance masks must be (n, H, W) with n >= 1")
     m = attr_map.detach().double()
     if m.shape != masks.shape[1:]:
+        _warn_resize(m.shape, masks.shape[1:])
         m = upsample_maps(m, masks.shape[1:])
     peaks = local_maxima(m, min_value)
     hit = [(peaks & mk).any() for mk in masks if mk.any()]
