@@ -319,7 +319,7 @@ def publish(name: str, markdown: str, *, docs: str | os.PathLike = "docs",
         if results.exists():
             for m in _SECTION_RE.finditer(results.read_text(encoding="utf-8")):
                 sections[m["name"]] = m["body"]
-        sections[name] = markdown.rstrip("\n") + "\n"
+        sections[name] = re.sub(r"\n{3,}", "\n\n", markdown).rstrip("\n") + "\n"
         parts = [_RESULTS_HEADER]
         for n in sorted(sections, key=_order):
             parts.append(f"<!-- study:{n}:begin -->\n{sections[n]}<!-- study:{n}:end -->\n\n")
