@@ -71,7 +71,8 @@ def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _verdict(curve: list[float]) -> tuple[float, float, bool]:
-    half = curve[1 + (len(curve) - 1) // 2]  # after randomising half the layers (top half)
+    n = len(curve) - 1  # curve[k] = after randomising the top k layers
+    half = curve[-(-n // 2)]
     full = curve[-1]
     return half, full, bool(half < PASS_HALF and full < PASS_FULL)
 
