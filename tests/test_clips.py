@@ -151,7 +151,7 @@ def test_study_quick_end_to_end(tmp_path) -> None:
     argv = ["--quick", "--root", str(tmp_path / "runs"), "--docs", str(docs), "--threads", "1"]
     assert video.main(argv) == 0
     text = (docs / "results.md").read_text()
-    assert "## Grad-CAM vs Grad-CAM++ on video" in text and "### What it shows" in text
+    assert "## (e) Grad-CAM vs Grad-CAM++ on video" in text and "### What it shows" in text
     for f in ("filmstrip.png", "per_frame.png", "summary.csv", "per_frame.csv", "per_clip.csv"):
         assert (docs / "results" / "video" / f).stat().st_size > 100
     rows = (docs / "results" / "video" / "per_clip.csv").read_text().splitlines()
