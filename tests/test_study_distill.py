@@ -143,7 +143,7 @@ def test_main_quick_end_to_end_resume_and_config_change(tmp_path, monkeypatch):
     assert distill.main(["--quick", "--root", str(root), "--docs", str(docs), "--threads", "1"]) == 0
     first = time.perf_counter() - t0
     text = (docs / "results.md").read_text()
-    assert "## Distillation from explanations" in text
+    assert "## (d) Distillation from explanations" in text
     assert "results/distill/accuracy.png" in text and "Quick configuration" in text
     for f in ("accuracy.png", "examples.png", "curves.png", "per_seed.csv"):
         assert (docs / "results" / "distill" / f).stat().st_size > 0
@@ -172,7 +172,7 @@ def test_main_quick_end_to_end_resume_and_config_change(tmp_path, monkeypatch):
     second = time.perf_counter() - t0
     assert calls == {"train": 0, "eval": 0}
     assert second < first
-    assert (docs / "results.md").read_text().count("## Distillation from explanations") == 1
+    assert (docs / "results.md").read_text().count("## (d) Distillation from explanations") == 1
 
     # a changed configuration starts clean: the stored λ = 20 unit is gone, both λ are trained
     assert distill.main(["--quick", "--root", str(root), "--docs", str(docs), "--threads", "1",
