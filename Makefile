@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench studies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cam.py
 
+# The six studies of docs/results.md, one after another (each resumes if interrupted).
+STUDIES := cam_compare sanity lam_zoo distill video caption
+studies: $(STAMP)
+	for s in $(STUDIES); do $(PY) -m lamcam.studies.$$s --threads 1 || exit 1; done
+
 clean:
-	rm -rf $(VENV) lamcam-out .pytest_cache
+	rm -rf $(VENV) lamcam-out .pytest_cache .lamcam-studies
