@@ -9,7 +9,8 @@ MODULES = [
     "lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.maps", "lamcam.targets", "lamcam.guided",
     "lamcam.paths", "lamcam.integrate", "lamcam.lam", "lamcam.metrics.diffusion", "lamcam.attribution",
     "lamcam.metrics.faithfulness", "lamcam.metrics.localisation", "lamcam.metrics.sanity",
-    "lamcam.studies._common", "lamcam.evaluation", "lamcam.studies.distill", "lamcam.zoo.clips", "lamcam.zoo.captions",
+    "lamcam.studies._common", "lamcam.evaluation", "lamcam._files", "lamcam.studies.distill",
+    "lamcam.zoo.clips", "lamcam.zoo.captions",
 ]
 
 

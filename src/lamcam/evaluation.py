@@ -170,7 +170,7 @@ class Evaluation:
 
     def markdown(self, digits: int = 3) -> str:
         """The summary table (best value per column in bold), Win % and instance-count tables."""
-        from lamcam.studies._common import md_table
+        from lamcam._files import md_table
 
         cols = self._present_columns()
         rows = self.summary()
@@ -210,7 +210,7 @@ class Evaluation:
 
     def csv(self) -> tuple[str, str]:
         """``(per-image CSV, summary CSV)`` text."""
-        from lamcam.studies._common import csv_text
+        from lamcam._files import csv_text
 
         keys = ["method", "image", "target", "n_instances"] + [
             k for g in self.groups for k in METRIC_GROUPS[g]]
@@ -269,7 +269,7 @@ class Evaluation:
     def write(self, out_dir: str | os.PathLike, title: str = "lamcam eval") -> list[Path]:
         """Write ``summary.md``, ``summary.csv``, ``per_image.csv`` and the figures to ``out_dir``
         (each file atomically). Returns the paths written."""
-        from lamcam.studies._common import atomic_write_bytes, atomic_write_text
+        from lamcam._files import atomic_write_bytes, atomic_write_text
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
