@@ -15,13 +15,7 @@ from lamcam import metrics as M
 from lamcam.cli import main
 from lamcam.evaluation import MetricUnavailableError, evaluate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(head: bool = True) -> nn.Module:

@@ -12,13 +12,7 @@ import torch
 from lamcam.cam import GradCAMPlusPlus
 from lamcam.studies import distill
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(n: int = 4, size: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -29,13 +29,7 @@ SR_MODELS = ["sr_edsr", "sr_fsrcnn", "sr_rcan", "sr_swinir"]
 ARCH_OF = {"sr_fsrcnn": "FSRCNN", "sr_edsr": "EDSR", "sr_rcan": "RCAN", "sr_swinir": "SwinIRLite"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and robustly so on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _png(path: Path) -> torch.Tensor:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lamcam.zoo.shapes import _SHAPES, CLASSES, _background, _place, sample_rng
+from lamcam.zoo.shapes import _SHAPES, CLASSES, _background, _place, rasterize, sample_rng
 
 __all__ = [
     "BOS",
@@ -251,14 +251,9 @@ def make_caption_sample(rng: np.random.Generator, size: int = 64, n_groups: int 
     for i, ((cx, cy), r) in enumerate(zip(centres, radii, strict=True)):
         grp = groups[int(group_of[i])]
         theta = rng.uniform(0.0, 2 * np.pi)
-        x0, x1 = max(int(np.floor(cx - r)) - 1, 0), min(int(np.ceil(cx + r)) + 2, size)
-        y0, y1 = max(int(np.floor(cy - r)) - 1, 0), min(int(np.ceil(cy + r)) + 2, size)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        dx, dy = (xx - cx) / r, (yy - cy) / r
-        c, s = np.cos(theta), np.sin(theta)
-        inside = _SHAPES[grp.shape](c * dx + s * dy, -s * dx + c * dy)
-        canvas[y0:y1, x0:x1][inside] = COLOURS[grp.colour]
-        owner[y0:y1, x0:x1][inside] = i
+        win, inside = rasterize(_SHAPES[grp.shape], cx, cy, r, theta, size)
+        canvas[win][inside] = COLOURS[grp.colour]
+        owner[win][inside] = i
     masks = owner[None] == np.arange(n)[:, None, None]
     return CaptionSample(canvas.astype(np.float32), groups, masks, group_of)
 

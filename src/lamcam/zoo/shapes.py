@@ -40,6 +40,7 @@ __all__ = [
     "ShapesDataset",
     "make_sample",
     "make_dataset",
+    "rasterize",
     "sample_rng",
 ]
 
@@ -238,6 +239,22 @@ def _pick_color(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     return best
 
 
+def rasterize(shape_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], cx: float, cy: float, r: float,
+              theta: float, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Pixels of one shape instance: centre ``(cx, cy)``, circumradius ``r``, rotated by ``theta``.
+
+    Returns ``(window, inside)``: ``window`` is a ``(rows, cols)`` pair of slices of the
+    ``size × size`` grid that holds the whole shape, ``inside`` the bool mask over that window, so
+    ``canvas[window][inside] = colour`` paints it.
+    """
+    x0, x1 = max(int(np.floor(cx - r)) - 1, 0), min(int(np.ceil(cx + r)) + 2, size)
+    y0, y1 = max(int(np.floor(cy - r)) - 1, 0), min(int(np.ceil(cy + r)) + 2, size)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    dx, dy = (xx - cx) / r, (yy - cy) / r
+    c, s = np.cos(theta), np.sin(theta)
+    return (slice(y0, y1), slice(x0, x1)), shape_fn(c * dx + s * dy, -s * dx + c * dy)
+
+
 def make_sample(
     rng: np.random.Generator,
     size: int = DEFAULT_SIZE,
@@ -272,15 +289,10 @@ def make_sample(
     colors = np.zeros((n_instances, 3))
     for i, ((cx, cy), r) in enumerate(zip(centres, radii, strict=True)):
         theta = rng.uniform(0.0, 2 * np.pi)
-        x0, x1 = max(int(np.floor(cx - r)) - 1, 0), min(int(np.ceil(cx + r)) + 2, size)
-        y0, y1 = max(int(np.floor(cy - r)) - 1, 0), min(int(np.ceil(cy + r)) + 2, size)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        dx, dy = (xx - cx) / r, (yy - cy) / r
-        c, s = np.cos(theta), np.sin(theta)
-        inside = shape_fn(c * dx + s * dy, -s * dx + c * dy)
-        colors[i] = _pick_color(rng, canvas[y0:y1, x0:x1][inside])
-        canvas[y0:y1, x0:x1][inside] = colors[i]
-        owner[y0:y1, x0:x1][inside] = i
+        win, inside = rasterize(shape_fn, cx, cy, r, theta, size)
+        colors[i] = _pick_color(rng, canvas[win][inside])
+        canvas[win][inside] = colors[i]
+        owner[win][inside] = i
 
     image = canvas.astype(np.float32)
     masks = owner[None] == np.arange(n_instances)[:, None, None]
