@@ -17,6 +17,7 @@ from lamcam.cam import (
     GuidedGradCAM,
     GuidedGradCAMPlusPlus,
     explain,
+    make_explainer,
 )
 from lamcam.lam import LAM, LAMResult
 from lamcam.targets import TopK
@@ -41,6 +42,7 @@ __all__ = [
     "TopK",
     "__version__",
     "explain",
+    "make_explainer",
 ]
 
 _SUBMODULES = {

@@ -58,6 +58,7 @@ __all__ = [
     "METHODS",
     "cam_from_weights",
     "explain",
+    "make_explainer",
     "gradcam_weights",
     "gradcampp_alpha",
     "gradcampp_softmax_alpha",
@@ -818,6 +819,20 @@ def explain(model: nn.Module, images: Tensor, method: str = "gradcam++",
         >>> explain(net, torch.rand(1, 3, 12, 12), "gradcam").maps.shape
         torch.Size([1, 12, 12])
     """
+    return make_explainer(method, model, layer, **kwargs)(images, target=target)
+
+
+def make_explainer(method: str, model: nn.Module, layer: LayerSpec = None, **kwargs: Any) -> BaseCAM:
+    """The explainer ``METHODS[method]`` bound to ``model`` (``layer`` goes to the methods that take
+    one; guided backprop has none). ``method`` is case and ``_``/``-`` insensitive, "gradcampp" works.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 3))
+        >>> type(make_explainer("gradcampp", net)).__name__
+        'GradCAMPlusPlus'
+    """
     key = method.lower().replace("_", "-").replace("pp", "++").replace(" ", "")
     if key not in METHODS:
         import difflib
@@ -827,6 +842,5 @@ def explain(model: nn.Module, images: Tensor, method: str = "gradcam++",
                          + (f" (did you mean {close[0]!r}?)" if close else ""))
     cls = METHODS[key]
     if cls is GuidedBackprop:
-        return cls(model, **kwargs)(images, target=target)
-    return cls(model, layer, **kwargs)(images, target=target)
-
+        return cls(model, **kwargs)
+    return cls(model, layer, **kwargs)

@@ -128,24 +128,13 @@ def _safe_name(text: str) -> str:
 
 
 def _make_explainer(method: str, model: Any, layer: Any, explicit_layer: bool = False) -> Any:
-    """Instantiate ``lamcam.METHODS[method]``, passing ``layer`` only to methods that take one."""
-    import inspect
+    """``lamcam.make_explainer``, noting when a --layer given by the user goes unused."""
+    from lamcam.cam import GuidedBackprop, make_explainer
 
-    import lamcam
-
-    methods = lamcam.METHODS
-    if method not in methods:
-        raise CliError(f"unknown method {method!r}; choose from {', '.join(methods)}")
-    cls = methods[method]
-    try:
-        takes_layer = "layer" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        takes_layer = True
-    if takes_layer:
-        return cls(model, layer=layer)
-    if explicit_layer:
+    explainer = make_explainer(method, model, layer)
+    if explicit_layer and type(explainer) is GuidedBackprop:
         _note(f"method {method!r} does not use a layer; --layer ignored")
-    return cls(model)
+    return explainer
 
 
 def _load_model(spec: str, arch: str | None) -> Any:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lamcam.cam import make_explainer
 from lamcam.viz.report import ReportImage, Section, write_index_html
 
 __all__ = [
@@ -232,19 +233,6 @@ def load_samples(paths: Sequence[Path] | None = None) -> list[SampleInfo]:
 # --------------------------------------------------------------------------------------------
 
 
-def _explainer(method: str, model: torch.nn.Module, layer: str | None) -> Any:
-    import inspect
-
-    import lamcam
-
-    cls = lamcam.METHODS[method]
-    try:
-        takes_layer = "layer" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        takes_layer = True
-    return cls(model, layer=layer) if takes_layer else cls(model)
-
-
 def classifier_sections(
     out_dir: str | os.PathLike,
     models: Sequence[str] = DEFAULT_MODELS,
@@ -302,7 +290,7 @@ def classifier_sections(
             results: dict[str, Any] = {}
             for m in methods:
                 bar.set_description(f"{model_name}: {m}")
-                results[m] = _explainer(m, model, layer)(x, target=None)
+                results[m] = make_explainer(m, model, layer)(x, target=None)
                 bar.update(1)
             first = results[methods[0]]
             probs = torch.softmax(first.logits.float(), dim=1)

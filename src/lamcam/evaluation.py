@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lamcam import metrics as M
+from lamcam.cam import make_explainer
 from lamcam.maps import normalize_minmax
 
 __all__ = ["METRIC_GROUPS", "COLUMNS", "Evaluation", "MetricUnavailableError", "evaluate",
@@ -296,16 +297,6 @@ def _config_text(ev: Evaluation) -> str:
     return "Settings — " + "; ".join(items) + f"; input tensor: {ev.input}.\n"
 
 
-def _explainer(method: str, model: nn.Module, layer: Any) -> Callable[..., Any]:
-    from lamcam.cam import METHODS, GuidedBackprop, explain
-
-    key = method.lower().replace("_", "-").replace("pp", "++")
-    if key not in METHODS:
-        explain(model, torch.zeros(0), method)  # raises the helpful unknown-method error
-    cls = METHODS[key]
-    return cls(model) if cls is GuidedBackprop else cls(model, layer)
-
-
 def evaluate(
     model: nn.Module,
     images: Tensor,
@@ -385,7 +376,7 @@ def evaluate(
     explainers = {}
     for m in methods:
         try:
-            explainers[m] = _explainer(m, model, layer)
+            explainers[m] = make_explainer(m, model, layer)
             explainers[m](images[:1])  # fail early, before the long loop
         except (ValueError, TypeError, RuntimeError) as e:
             raise MetricUnavailableError(f"method {m!r} cannot explain this model: {e}") from e
