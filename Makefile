@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	# beside the CPU torch, and asking for it would pull another torch. lamcam.zoo imports spandrel
 	# with a stand-in for the two non-SR architectures that need torchvision.
 	$(PY) -m pip install -q --no-deps 'spandrel==0.4.2'
+	# The ecosystem's real model code for the tests (timm, torchvision, transformers). timm and
+	# torchvision go in without their declared dependencies for the same reason; tests import
+	# torchvision through tests/torchvision_ops.py, which declares the compiled ops' schemas when
+	# the wheel cannot load them beside the CPU torch.
+	$(PY) -m pip install -q --no-deps 'torchvision==0.28.0' 'timm==1.0.31'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +34,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-bench: $(STAMP)
+# The peers (captum, torchcam, pytorch-grad-cam) for benchmarks/bench_peers.py; grad-cam and
+# torchcam are installed without their declared torchvision (see above).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q --no-deps 'grad-cam==1.5.7' 'ttach==0.0.3'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_cam.py
+	$(PY) benchmarks/bench_peers.py
 
 # The six studies of docs/results.md, one after another (each resumes if interrupted).
 STUDIES := cam_compare sanity lam_zoo distill video caption

@@ -274,7 +274,7 @@ def test_tokens_to_grid_prefix_and_errors():
     assert p == 1 and g.shape == (2, 3, 4, 4)
     assert torch.equal(g[0, :, 0, 0], torch.tensor([3.0, 4.0, 5.0]))
     with pytest.raises(ValueError, match="reshape"):
-        tokens_to_grid(torch.zeros(1, 7, 3), (32, 64), max_prefix=2)
+        tokens_to_grid(torch.zeros(1, 7, 3), (32, 32), max_prefix=2)  # 7, 6, 5: no square grid
 
 
 def test_multi_layer_fusion_is_mean_of_normalised_maps():

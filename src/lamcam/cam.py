@@ -41,10 +41,21 @@ from lamcam.hooks import (
     auto_layer,
     model_guard,
     resolve_layers,
-    tokens_to_grid,
+    zero_head_hint,
+)
+from lamcam.layout import (
+    RESHAPE,
+    TOKENS,
+    Layout,
+    LayoutError,
+    attention_ancestor,
+    block_norm,
+    channel_hint,
+    decide_layout,
+    prefix_hint,
 )
 from lamcam.maps import normalize_minmax, upsample_maps
-from lamcam.targets import Target, resolve_target
+from lamcam.targets import Target, extract_logits, resolve_target
 
 __all__ = [
     "CAM",
@@ -228,6 +239,9 @@ class CAMResult:
         scores: ``(B, [K])`` the explained scores (pre-softmax).
         method, layer_names, kind: what produced the maps.
         images: the input batch (detached), used by :meth:`overlay` and for display.
+        layouts: how each layer's output was read as a map, one :class:`lamcam.layout.Layout`
+            per layer (channels-first, channels-last, tokens with the prefix dropped, or the
+            user's ``reshape``); empty for guided backprop.
     """
 
     maps: Tensor
@@ -239,6 +253,7 @@ class CAMResult:
     layer_names: list[str]
     kind: str = "cam"
     images: Tensor | None = field(default=None, repr=False)
+    layouts: list[Layout] = field(default_factory=list)
 
     @property
     def multi(self) -> bool:
@@ -341,6 +356,7 @@ class _Pass:
     indices: Tensor | None  # (B, K)
     taps: list[LayerTap]
     multi: bool
+    layouts: list[Layout]
     grads_cache: list[Tensor] | None = None
 
 
@@ -349,13 +365,15 @@ class BaseCAM:
 
     Args:
         model: any ``nn.Module`` taking ``(B, C, *spatial)`` float tensors.
-        layer: dotted name, module, a list of them, or ``None`` to pick the last feature map
-            before the head (see :func:`lamcam.hooks.auto_layer`; ``self.layer_names`` tells which).
-            With several layers, each layer's map is upsampled and normalised, then the maps are
-            fused by ``fuse`` ("mean" or "max").
+        layer: dotted name, module, a list of them, or ``None`` to pick one per model family (the
+            last feature map of a CNN, the last block's first norm of a ViT, the last stage of a
+            Swin; see :func:`lamcam.hooks.auto_layer`; ``self.layer_names`` tells which). Layers
+            inside an attention module are refused. With several layers, each layer's map is
+            upsampled and normalised, then the maps are fused by ``fuse`` ("mean" or "max").
         reshape: optional callable turning the layer's output ``(B, ...)`` into ``(B, C, *S)``.
-            Without it, ``(B, N, D)`` token outputs of ViT-style models are put on a grid inferred
-            from N and the input's aspect ratio, dropping class/register tokens.
+            Without it, lamcam reads the output as channels-first, channels-last or ``(B, N, D)``
+            tokens (dropping class/register tokens), and refuses what it cannot read with
+            certainty (see :mod:`lamcam.layout`); ``res.layouts`` records the reading.
         differentiable: keep maps in the autograd graph (``create_graph=True``), e.g. to train a
             student on a teacher's explanations.
     """
@@ -384,6 +402,10 @@ class BaseCAM:
         self.differentiable = differentiable
         self._layer_spec = layer
         self._layers = resolve_layers(model, layer) if layer is not None else None
+        for name, _ in self._layers or []:
+            _refuse_attention_internals(model, name)
+        self._prefix = prefix_hint(model)
+        self._channel_hints: dict[tuple[str, tuple[int, ...]], str | None] = {}
 
     @property
     def layer_names(self) -> list[str]:
@@ -443,23 +465,38 @@ class BaseCAM:
 
     # -- the forward pass ---------------------------------------------------------------------
 
-    def _grid(self, t: Tensor, x: Tensor) -> Tensor:
-        """Layer output (or gradients with a folded K dim) → ``(N, C, *S)``."""
+    def _layout(self, tap: LayerTap, x: Tensor) -> Layout:
+        """How ``tap``'s output is read as a map (see :mod:`lamcam.layout`)."""
+        out = tap.output
+        body = tuple(out.shape[1:])
         if self.reshape is not None:
-            return self.reshape(t)
-        if t.ndim == x.ndim:
-            return t
-        if t.ndim == 3 and x.ndim == 4:
-            return tokens_to_grid(t, x.shape[2:])[0]
-        raise ValueError(
-            f"the layer output has shape {tuple(t.shape)}, which is neither a feature map of the "
-            f"input's rank {x.ndim} nor (B, N, D) tokens; pass reshape=callable -> (B, C, *S)"
-        )
+            m = self.reshape(out)
+            if not isinstance(m, Tensor) or m.ndim < 3 or m.shape[0] != out.shape[0]:
+                got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                raise ValueError(f"reshape must return (B, C, *spatial) for layer {tap.name!r}, "
+                                 f"got {got}")
+            return Layout(RESHAPE, body, tuple(m.shape[2:]), m.shape[1], decided_by="user")
+        spatial = tuple(x.shape[2:])
+        try:
+            return decide_layout(out.shape, spatial, prefix=self._prefix, name=f"layer {tap.name!r}")
+        except LayoutError:
+            key = (tap.name, tuple(out.shape))
+            if key not in self._channel_hints:
+                self._channel_hints[key] = channel_hint(self.model, tap.name, out.shape)
+            hint = self._channel_hints[key]
+            if hint is None:
+                raise
+            return decide_layout(out.shape, spatial, prefix=self._prefix, channels_hint=hint,
+                                 name=f"layer {tap.name!r}")
 
-    def _grid_k(self, g: Tensor, x: Tensor) -> Tensor:
+    def _to_map(self, t: Tensor, layout: Layout) -> Tensor:
+        """Layer output (or a gradient) ``(N, *layer_shape)`` → ``(N, C, *S)``."""
+        return layout.to_map(t, self.reshape)
+
+    def _to_map_k(self, g: Tensor, layout: Layout) -> Tensor:
         """Gradients ``(B, K, *layer_shape)`` → ``(B, K, C, *S)``."""
         b, k = g.shape[:2]
-        grid = self._grid(g.flatten(0, 1), x)
+        grid = self._to_map(g.flatten(0, 1), layout)
         return grid.reshape(b, k, *grid.shape[1:])
 
     def _gradients(self, p: _Pass, wrt: Sequence[Tensor], labels: Sequence[str]) -> list[Tensor]:
@@ -476,28 +513,21 @@ class BaseCAM:
                 raise RuntimeError(f"the backward pass through the model failed: {e}") from e
             for i, g in enumerate(gs):
                 if g is None:
-                    raise ValueError(
-                        f"the target score does not depend on {labels[i]!r}: no gradient flows "
-                        "from the score to it. Choose a layer on the path to the output (for "
-                        "ViT-style models the last block's norm1, e.g. 'blocks.11.norm1', not its "
-                        "output)"
-                    )
+                    raise ValueError(_no_gradient(labels[i], self.model, "no gradient flows from "
+                                                  "the score to it"))
                 per[i].append(g)
         return [torch.stack(g, dim=1) for g in per]
 
     def _layer_grads(self, p: _Pass) -> list[Tensor]:
         if p.grads_cache is None:
             raw = self._gradients(p, [t.output for t in p.taps], self.layer_names)
-            grads = [self._grid_k(g, p.x) for g in raw]
+            grads = [self._to_map_k(g, lay) for g, lay in zip(raw, p.layouts, strict=True)]
             for i, g in enumerate(grads):
                 flat = g.detach().flatten(2).abs().amax(dim=2)  # (B, K)
                 if bool((flat == 0).all()):
-                    raise ValueError(
-                        f"the gradient of the target score w.r.t. layer {self.layer_names[i]!r} is "
-                        "exactly zero for every image: the target does not depend on this layer "
-                        "(e.g. a layer after the last use of its features, or dead ReLUs). "
-                        "Choose an earlier layer"
-                    )
+                    raise ValueError(_no_gradient(
+                        self.layer_names[i], self.model,
+                        "the gradient of the score w.r.t. its map is exactly zero for every image"))
                 if bool((flat == 0).any()):
                     bad = sorted({int(b) for b in (flat == 0).nonzero()[:, 0]})
                     warnings.warn(
@@ -521,9 +551,16 @@ class BaseCAM:
         model = self.model
         with torch.enable_grad(), model_guard(model) as handles:
             if self._layers is None and self.needs_layer:
-                name, module = auto_layer(model, x)
+                name, module, layout = auto_layer(model, x, target)
                 self._layers = [(name, module)]
-                log.info("%s: explaining layer %r (picked automatically)", self.method, name)
+                log.info("%s: explaining layer %r, %s (picked automatically)", self.method, name,
+                         layout)
+                if layout.kind == TOKENS and layout.prefix and self._prefix is None:
+                    warnings.warn(
+                        f"the default layer {name!r} of {type(model).__name__} was read as "
+                        f"{layout}; the model does not declare its class/register tokens, so their "
+                        "number was inferred from the shape. Check res.layouts, or pass reshape=",
+                        stacklevel=2)
             taps = [LayerTap(n, m) for n, m in (self._layers or [])]
             for t in taps:
                 handles.append(t.module.register_forward_hook(t.hook))
@@ -542,11 +579,12 @@ class BaseCAM:
             handles.clear()
             self._check_outputs(outputs)
             scores, idx, multi = resolve_target(outputs, target)
-            p = _Pass(x, outputs, scores, idx, taps, multi)
+            layouts = [self._layout(t, x) for t in taps]
+            p = _Pass(x, outputs, scores, idx, taps, multi, layouts)
 
             maps = raw = None
             if taps:
-                acts = [self._grid(t.output, x) for t in taps]
+                acts = [self._to_map(t.output, lay) for t, lay in zip(taps, layouts, strict=True)]
                 raws = self._layer_maps(p, acts)
                 size = x.shape[2:]
                 ups = [normalize_minmax(upsample_maps(r, size), len(size)) for r in raws]
@@ -569,17 +607,22 @@ class BaseCAM:
             t = t if self.differentiable else t.detach()
             return t if multi else t.squeeze(1)
 
+        logits = extract_logits(outputs)
+        if logits is None:
+            logits = outputs
+        elif not self.differentiable:
+            logits = logits.detach()
         return CAMResult(
             maps=out(maps),
             raw=tuple(out(r) for r in raw) if isinstance(raw, tuple) else out(raw),
-            logits=outputs.detach() if isinstance(outputs, Tensor) and not self.differentiable
-            else outputs,
+            logits=logits,
             targets=None if idx is None else (idx if multi else idx[:, 0]),
             scores=out(scores),
             method=self.method,
             layer_names=self.layer_names,
             kind=self.kind,
             images=images.detach(),
+            layouts=layouts,
         )
 
     @staticmethod
@@ -594,6 +637,32 @@ class BaseCAM:
                     f"the model's outputs contain NaN or inf (images {bad[:10]}); check the input "
                     "range and normalisation, and the model's weights"
                 )
+
+
+def _refuse_attention_internals(model: nn.Module, name: str) -> None:
+    attention = attention_ancestor(model, name)
+    if attention is None:
+        return
+    norm = block_norm(model, attention)
+    instead = f"the block's input norm {norm!r}" if norm else "the block's input norm"
+    raise ValueError(
+        f"layer {name!r} is inside the attention module {attention!r} "
+        f"({type(dict(model.named_modules())[attention]).__name__}): its output holds queries, keys, "
+        f"values or attention weights, not a map of the image. Explain {instead} (or the block "
+        "itself), or pass layer=None to let lamcam choose"
+    )
+
+
+def _no_gradient(layer: str, model: nn.Module, why: str) -> str:
+    """The one message for a layer the explained score does not reach."""
+    return (
+        f"the target score does not depend on layer {layer!r}: {why}. Choose a layer on the path "
+        "to the output, or layer=None to let lamcam choose. For ViT-style models whose head reads "
+        "the class token, that is a layer before the last attention, e.g. the last block's first "
+        "norm ('blocks.11.norm1' in timm, 'vit.encoder.layer.11.layernorm_before' in transformers, "
+        "'encoder.layers.encoder_layer_11.ln_1' in torchvision), not the block's output. "
+        + zero_head_hint(model)
+    )
 
 
 class GradCAM(BaseCAM):
@@ -647,7 +716,7 @@ class GradCAMPlusPlusSoftmax(BaseCAM):
                 "softmax over classes. Use GradCAMPlusPlus with the callable"
             )
         grads = self._layer_grads(p)  # (B, K, C, *S) per layer: s'_c for the targets
-        logits = p.outputs
+        logits = extract_logits(p.outputs)
         probs = torch.softmax(_wide(logits), dim=1)
         if not self.differentiable:
             probs = probs.detach()
@@ -660,7 +729,7 @@ class GradCAMPlusPlusSoftmax(BaseCAM):
                 g2 = g * g
                 for n, term in enumerate((y * g, y * g2, y * g2 * g)):
                     moments[i][n] = moments[i][n] + term.sum(0)
-        moments = [[self._grid(m, p.x) for m in ms] for ms in moments]
+        moments = [[self._to_map(m, lay) for m in ms] for ms, lay in zip(moments, p.layouts, strict=True)]
         return [
             cam_from_weights(a, gradcampp_softmax_weights(a, g, *m))
             for a, g, m in zip(acts, grads, moments, strict=True)
@@ -743,7 +812,7 @@ class CAM(BaseCAM):
         fc = self._find_fc(a.shape[1])
         pooled = a.mean(dim=tuple(range(2, a.ndim)))
         predicted = F.linear(pooled, fc.weight, fc.bias)
-        logits = p.outputs
+        logits = extract_logits(p.outputs)
         scale = float(logits.detach().abs().max()) + 1.0
         if predicted.shape != logits.shape or not torch.allclose(
             predicted.detach(), logits.detach(), rtol=1e-4, atol=1e-4 * scale

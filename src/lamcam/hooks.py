@@ -23,6 +23,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from lamcam.layout import (
+    Layout,
+    LayoutError,
+    _token_grid,
+    attention_ancestor,
+    channel_hint,
+    decide_layout,
+    prefix_hint,
+)
+from lamcam.targets import TopK, extract_logits, no_logits_error
+
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
 __all__ = [
@@ -32,6 +43,7 @@ __all__ = [
     "model_guard",
     "resolve_layers",
     "tokens_to_grid",
+    "zero_head_hint",
 ]
 
 
@@ -98,9 +110,9 @@ def tokens_to_grid(
 ) -> tuple[Tensor, int]:
     """Reshape ViT-style tokens ``(B, N, D)`` to a grid ``(B, D, h, w)``.
 
-    The grid is inferred from the number of tokens and the input's aspect ratio: the first
-    ``p`` tokens (class token, register tokens; the smallest ``p`` that works) are dropped and the
-    remaining ``N - p`` must form an ``h × w`` grid with ``h / w == H / W``.
+    The first ``p`` tokens (class token, register tokens; the smallest ``p`` that works) are
+    dropped and the remaining ``N - p`` must form the ``h × w`` grid that one integer patch stride
+    makes of the input (each size the floor or ceiling of the input's size / stride).
 
     Returns:
         ``(grid, p)``: the ``(B, D, h, w)`` tensor and the number of prefix tokens dropped.
@@ -115,18 +127,12 @@ def tokens_to_grid(
     if len(spatial) != 2:
         raise ValueError("token grids are inferred for 2-D inputs only; pass reshape= yourself")
     b, n, d = tokens.shape
-    height, width = spatial
     for p in range(0, min(max_prefix, n - 1) + 1):
-        m = n - p
-        # h * w = m and h * W = w * H  =>  h = sqrt(m * H / W)
-        h = round(math.sqrt(m * height / width))
-        if h > 0 and m % h == 0:
-            w = m // h
-            if h * width == w * height:
-                grid = tokens[:, p:, :].transpose(1, 2).reshape(b, d, h, w)
-                return grid, p
+        grid = _token_grid(n - p, spatial)
+        if grid is not None:
+            return tokens[:, p:, :].transpose(1, 2).reshape(b, d, *grid), p
     raise ValueError(
-        f"cannot arrange {n} tokens on a grid with the input's aspect {height}x{width} "
+        f"cannot arrange {n} tokens on a grid of the {spatial[0]}x{spatial[1]} input "
         f"(tried dropping 0..{max_prefix} prefix tokens); pass reshape=callable returning (B, C, h, w)"
     )
 
@@ -193,49 +199,176 @@ def model_guard(model: nn.Module) -> Iterator[list[torch.utils.hooks.RemovableHa
                 buf.copy_(copy)
 
 
-def auto_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
-    """Pick the layer a CAM method should explain when none is named.
+_PASS_THROUGH = ("Identity", "Permute", "Flatten")
 
-    Runs one forward pass on the first sample of ``x`` (without gradients) and returns the last
-    module, in execution order, whose output has the input's rank and more than one spatial
-    position, i.e. the last feature map before global pooling and the head. Modules that run more
-    than once (shared activations) are skipped. Token models (``(B, N, D)`` outputs) have no
-    unambiguous choice: name the layer, e.g. ``"blocks.11.norm1"``.
 
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(8, 2))
-        >>> auto_layer(net, torch.zeros(1, 3, 16, 16))[0]
-        '1'
+def _is_layer_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
+
+
+@dataclass
+class _Probe:
+    """What one forward and backward pass on the first image says about every module."""
+
+    order: list[str] = field(default_factory=list)  # modules with a tensor output, firing order
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    passes_on: dict[str, str] = field(default_factory=dict)  # container -> child whose output it returns
+    fed_by: dict[str, str] = field(default_factory=dict)  # module -> module whose output is its input
+
+
+def _probe(model: nn.Module, x: Tensor, score: Callable[[object], Tensor]) -> tuple[_Probe, Tensor]:
+    """Run ``model`` on ``x`` recording every module's output; return the probe and the score.
+
+    Each hook hands the network a copy of the module's output (as :class:`LayerTap` does), so the
+    recorded outputs stay gradient leaves of the score whatever in-place operations follow, and
+    the copies tell which module returned which tensor.
     """
-    fired: list[tuple[str, tuple[int, ...]]] = []
-    counts: dict[str, int] = {}
-    modules = dict(model.named_modules())
+    pr = _Probe()
+    handed: dict[int, tuple[str, Tensor, int]] = {}  # id(copy) -> (module, copy, version)
 
     def make(name: str) -> Callable:
-        def hook(_m: nn.Module, _i: tuple, out: object) -> None:
-            counts[name] = counts.get(name, 0) + 1
-            if isinstance(out, Tensor):
-                fired.append((name, tuple(out.shape)))
+        def hook(_m: nn.Module, inputs: tuple, out: object) -> object:
+            pr.counts[name] = pr.counts.get(name, 0) + 1
+            if not isinstance(out, Tensor) or not out.is_floating_point():
+                return None
+            src = handed.get(id(out))
+            if src is not None and src[1] is out and src[0].startswith(name + "."):
+                pr.passes_on[name] = src[0]
+            first = inputs[0] if inputs else None
+            if isinstance(first, Tensor):
+                feed = handed.get(id(first))
+                if feed is not None and feed[1] is first and feed[2] == first._version:
+                    pr.fed_by[name] = feed[0]
+            leaf = out if out.requires_grad else out.detach().requires_grad_(True)
+            pr.order.append(name)
+            pr.outputs[name] = leaf
+            copy = leaf.clone()
+            handed[id(copy)] = (name, copy, copy._version)
+            return copy
 
         return hook
 
     with model_guard(model) as handles:
-        for name, mod in modules.items():
+        for name, mod in model.named_modules():
             if name:
                 handles.append(mod.register_forward_hook(make(name)))
-        with torch.no_grad():
-            model(x[:1])
-    rank = x.ndim
-    candidates = [
-        n for n, s in fired if len(s) == rank and math.prod(s[2:]) > 1 and counts[n] == 1
-    ]
-    if not candidates:
-        tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
-        hint = f" Token-shaped layers: {', '.join(tokens[-4:])}." if tokens else ""
+        with torch.enable_grad():
+            s = score(model(x))
+    return pr, s
+
+
+def auto_layer(
+    model: nn.Module, x: Tensor, target: object = None
+) -> tuple[str, nn.Module, Layout]:
+    """Pick the layer a CAM method should explain when none is named.
+
+    One forward and one backward pass on the first image (the model is left as it was) decide:
+
+    1. **Candidates**: modules that run once and whose output is a map of the image, as
+       :func:`lamcam.layout.decide_layout` reads it (channels-first, channels-last or tokens)
+       with more than one position; never a module inside an attention block.
+    2. **Gradient**: the candidates whose map receives gradient from the explained score (the
+       predicted class, or ``target`` when it is a callable) at some position. This drops the
+       last blocks of a ViT whose head reads the class token: after the last attention, the patch
+       tokens never reach the head.
+    3. **The last of them** in execution order: the last feature map before pooling in a CNN, the
+       last block's first norm in a ViT / DeiT / DINOv2.
+    4. **Tidy**: if that is a final per-token LayerNorm, identity or permute, the stage it
+       normalises (Swin: the last stage, channels-last, read as such); a container of stages (a
+       ``Sequential`` whose children change resolution and are blocks themselves) is named by its
+       last stage (``layers.3``, not ``layers``).
+
+    Returns:
+        ``(name, module, layout)``.
+
+    Raises:
+        ValueError: no module outputs a map, or the score's gradient is exactly zero at every
+            candidate (e.g. an all-zero classifier head).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(8, 2))
+        >>> auto_layer(net, torch.rand(1, 3, 16, 16))[0]
+        '1'
+    """
+    def score(outputs: object) -> Tensor:
+        if callable(target) and not isinstance(target, Tensor | TopK):
+            return target(outputs).sum()
+        logits = extract_logits(outputs)
+        if logits is None:
+            raise no_logits_error(outputs)
+        return logits.amax(1).sum()
+
+    batch_norm_training = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                              for m in model.modules())
+    probe_x = x if batch_norm_training else x[:1]  # BatchNorm in train mode needs a batch
+    pr, s = _probe(model, probe_x, score)
+    modules = dict(model.named_modules())
+    spatial = tuple(x.shape[2:])
+    prefix = prefix_hint(model)
+    layouts: dict[str, Layout] = {}
+    for name in pr.order:
+        out = pr.outputs[name]
+        if pr.counts[name] != 1 or attention_ancestor(model, name) is not None:
+            continue
+        try:
+            lay = decide_layout(out.shape, spatial, prefix=prefix, name=repr(name))
+        except LayoutError:
+            try:
+                lay = decide_layout(out.shape, spatial, prefix=prefix, name=repr(name),
+                                    channels_hint=channel_hint(model, name, out.shape))
+            except LayoutError:
+                continue
+        if math.prod(lay.grid) > 1:
+            layouts[name] = lay
+    if not layouts:
+        tokens = [n for n in pr.order if pr.outputs[n].ndim == 3][-4:]
+        hint = f" Token-shaped layers: {', '.join(tokens)}." if tokens else ""
         raise ValueError(
             f"could not pick a layer automatically: no layer of {type(model).__name__} outputs a "
-            f"feature map of rank {rank} with spatial extent. Name one with layer=...{hint}"
+            f"map of the {len(spatial)}-D input (channels-first, channels-last or tokens on a grid). "
+            f"Name one with layer=... and, if needed, reshape=...{hint}"
         )
-    name = candidates[-1]
-    return name, modules[name]
+    names = list(layouts)
+    grads = torch.autograd.grad(s, [pr.outputs[n] for n in names], allow_unused=True)
+    alive = []
+    for n, g in zip(names, grads, strict=True):
+        if g is not None and bool((layouts[n].to_map(g.detach()) != 0).any()):
+            alive.append(n)
+    if not alive:
+        raise ValueError(
+            f"could not pick a layer automatically: the score's gradient is exactly zero at every "
+            f"layer of {type(model).__name__} that outputs a map. {zero_head_hint(model)}"
+        )
+    name = alive[-1]
+    # A final per-token norm / identity / permute: explain what it normalises (Swin's last stage).
+    if name == names[-1]:
+        while (type(modules[name]).__name__ in _PASS_THROUGH or _is_layer_norm(modules[name])) \
+                and pr.fed_by.get(name) in alive:
+            name = pr.fed_by[name]
+    # The outermost module returning that tensor; a container of stages is named by its last stage.
+    parents = {child: parent for parent, child in pr.passes_on.items()}
+    while parents.get(name) in layouts:
+        name = parents[name]
+    while isinstance(modules[name], nn.Sequential | nn.ModuleList) and name in pr.passes_on:
+        kids = [f"{name}.{k}" for k, _ in modules[name].named_children()]
+        shapes = {tuple(pr.outputs[k].shape) for k in kids if k in pr.outputs}
+        child = pr.passes_on[name]
+        if len(shapes) < 2 or child not in kids or child not in layouts \
+                or next(modules[child].children(), None) is None:  # a layer, not a stage
+            break
+        name = child
+    return name, modules[name], layouts[name]
+
+
+def zero_head_hint(model: nn.Module) -> str:
+    """Why every gradient may be zero: an all-zero classifier head, if the model has one."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears and not bool(linears[-1][1].weight.detach().any()):
+        n = linears[-1][0]
+        return (f"Its classifier head {n!r} has all-zero weights (torchvision's ViT initialises its "
+                "head to zeros), so every gradient is zero: load trained weights, or initialise the "
+                f"head first, e.g. torch.nn.init.normal_(model.{n}.weight, std=0.02).")
+    return ("Check that the model is trained (or at least randomly initialised) and that the "
+            "target depends on the image.")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "TopK", "resolve_target"]
+__all__ = ["Target", "TopK", "extract_logits", "resolve_target"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,47 @@ class TopK:
 Target = None | int | Sequence[int] | Tensor | TopK | Callable[[object], Tensor]
 
 
+def extract_logits(outputs: object) -> Tensor | None:
+    """The ``(B, num_classes)`` logits in a model's outputs, as models return them, or None.
+
+    A tensor is the logits; so is the ``logits`` field of a Hugging Face ``ModelOutput``, of any
+    object with a ``logits`` attribute, or of a dict; and the first element of a tuple or list
+    (timm's distilled models return ``(logits, distillation_logits)`` in distilled training).
+
+    Example:
+        >>> extract_logits({"logits": torch.zeros(2, 5), "loss": None}).shape
+        torch.Size([2, 5])
+        >>> extract_logits((torch.ones(2, 3), torch.zeros(2, 3))).sum().item()
+        6.0
+    """
+    if isinstance(outputs, Tensor):
+        return outputs
+    found = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if isinstance(found, Tensor):
+        return found
+    if isinstance(outputs, tuple | list) and outputs and isinstance(outputs[0], Tensor):
+        return outputs[0]
+    return None
+
+
+def no_logits_error(outputs: object) -> ValueError:
+    """The error for class targets on outputs that carry no logits."""
+    what = type(outputs).__name__
+    if isinstance(outputs, dict):
+        what += f" with keys {sorted(map(str, outputs))[:8]}"
+    return ValueError(
+        f"class targets need logits, but the model returned {what}: no tensor, no 'logits' field "
+        "and no tuple starting with a tensor. Pass target=callable(outputs) -> (B,) scores that "
+        "picks the score to explain"
+    )
+
+
 def resolve_target(outputs: object, target: Target) -> tuple[Tensor, Tensor | None, bool]:
     """Scores to differentiate for each image and target.
 
     Args:
-        outputs: the model's output; a ``(B, num_classes)`` tensor unless ``target`` is callable.
+        outputs: the model's output; unless ``target`` is callable, it must carry ``(B, num_classes)``
+            logits (see :func:`extract_logits`).
         target: see the module docstring.
 
     Returns:
@@ -76,12 +112,15 @@ def resolve_target(outputs: object, target: Target) -> tuple[Tensor, Tensor | No
             )
         return scores[:, None], None, False
 
-    if not isinstance(outputs, Tensor) or outputs.ndim != 2:
-        shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
+    logits = extract_logits(outputs)
+    if logits is None:
+        raise no_logits_error(outputs)
+    if logits.ndim != 2:
         raise ValueError(
-            f"class targets need (B, num_classes) outputs, the model returned {shape}; "
+            f"class targets need (B, num_classes) logits, the model returned {tuple(logits.shape)}; "
             "pass target=callable(outputs) -> (B,) scores instead"
         )
+    outputs = logits
     batch, num_classes = outputs.shape
     multi = False
     if target is None:
