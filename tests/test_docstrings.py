@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.maps", "lamcam.targets", "lamcam.guided",
+    "lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.layout", "lamcam.maps", "lamcam.targets", "lamcam.guided",
     "lamcam.paths", "lamcam.integrate", "lamcam.lam", "lamcam.metrics.diffusion", "lamcam.attribution",
     "lamcam.metrics.faithfulness", "lamcam.metrics.localisation", "lamcam.metrics.sanity",
     "lamcam.studies._common", "lamcam.evaluation", "lamcam._files", "lamcam.studies.distill",

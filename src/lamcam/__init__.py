@@ -20,6 +20,7 @@ from lamcam.cam import (
     make_explainer,
 )
 from lamcam.lam import LAM, LAMResult
+from lamcam.layout import Layout, LayoutError
 from lamcam.targets import TopK
 
 __version__ = "0.1.0"
@@ -38,6 +39,8 @@ __all__ = [
     "IntegratedGradients",
     "LAM",
     "LAMResult",
+    "Layout",
+    "LayoutError",
     "Saliency",
     "TopK",
     "__version__",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 _SUBMODULES = {
-    "attribution", "cam", "demo", "guided", "hooks", "integrate", "io", "lam", "maps", "metrics",
+    "attribution", "cam", "demo", "guided", "hooks", "integrate", "io", "lam", "layout", "maps", "metrics",
     "paths", "targets", "viz", "zoo",
 }
 

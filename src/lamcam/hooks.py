@@ -28,6 +28,7 @@ from lamcam.layout import (
     LayoutError,
     _token_grid,
     attention_ancestor,
+    attention_cores,
     channel_hint,
     decide_layout,
     prefix_hint,
@@ -308,9 +309,10 @@ def auto_layer(
     spatial = tuple(x.shape[2:])
     prefix = prefix_hint(model)
     layouts: dict[str, Layout] = {}
+    cores = attention_cores(model)
     for name in pr.order:
         out = pr.outputs[name]
-        if pr.counts[name] != 1 or attention_ancestor(model, name) is not None:
+        if pr.counts[name] != 1 or attention_ancestor(model, name, cores) is not None:
             continue
         try:
             lay = decide_layout(out.shape, spatial, prefix=prefix, name=repr(name))

@@ -40,6 +40,7 @@ __all__ = [
     "Layout",
     "LayoutError",
     "attention_ancestor",
+    "attention_cores",
     "channel_hint",
     "decide_layout",
     "prefix_hint",
@@ -316,13 +317,20 @@ def _is_attention(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
 
 
-def attention_ancestor(model: nn.Module, name: str) -> str | None:
+def attention_cores(model: nn.Module) -> list[str]:
+    """Names of the attention modules of ``model`` (see :func:`attention_ancestor`)."""
+    return [n for n, m in model.named_modules() if n and _is_attention(m) and not any(
+        _is_attention(c) for c in m.modules() if c is not m)]
+
+
+def attention_ancestor(model: nn.Module, name: str, cores: Sequence[str] | None = None) -> str | None:
     """The attention module strictly containing layer ``name``, or None.
 
     An attention module is one whose class is ``nn.MultiheadAttention`` or whose class name
     contains "Attention" and which holds no other such module (so a block named
     ``PartitionAttention`` that wraps norms, an attention core and an MLP is not one; the core is).
     Outputs inside it (queries, keys, values, attention weights, per-head tensors) are no maps.
+    ``cores`` may pass :func:`attention_cores` computed once.
 
     Example:
         >>> class Attention(nn.Module):
@@ -332,14 +340,9 @@ def attention_ancestor(model: nn.Module, name: str) -> str | None:
         >>> attention_ancestor(m, "1.qkv"), attention_ancestor(m, "0")
         ('1', None)
     """
-    modules = dict(model.named_modules())
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        anc = ".".join(parts[:i])
-        mod = modules.get(anc)
-        if mod is not None and _is_attention(mod) and not any(
-                _is_attention(c) for c in mod.modules() if c is not mod):
-            return anc
+    for core in attention_cores(model) if cores is None else cores:
+        if name.startswith(core + "."):
+            return core
     return None
 
 
