@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lamcam.cam import CAMResult
+from lamcam.hooks import model_guard
 from lamcam.integrate import integrate_path
 from lamcam.paths import StraightPath, blur, gaussian_kernel
 from lamcam.targets import Target, resolve_target
@@ -72,7 +73,7 @@ class IntegratedGradients:
     def __call__(self, images: Tensor, target: Target = None) -> CAMResult:
         if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 3:
             raise TypeError("images must be a float tensor (B, C, *spatial)")
-        with torch.no_grad():
+        with torch.no_grad(), model_guard(self.model):
             logits = self.model(images)
         _, idx, multi = resolve_target(logits, target)
         if idx is None:

@@ -423,11 +423,20 @@ class BaseCAM:
                 f"images must be a torch.Tensor (B, C, *spatial), got {type(images).__name__}; "
                 "load files with lamcam.io.load_image"
             )
+        if images.is_complex():
+            raise TypeError(
+                f"images are complex ({images.dtype}); pass real images, e.g. images.abs() or "
+                "images.real"
+            )
         if not images.is_floating_point():
             raise TypeError(
-                f"images have integer dtype {images.dtype}; convert them to float in the model's "
-                "input range, e.g. images.float() / 255"
+                f"images have {'boolean' if images.dtype == torch.bool else 'integer'} dtype "
+                f"{images.dtype}; convert them to float in the model's input range, e.g. "
+                "images.float() / 255"
             )
+        if images.ndim >= 1 and images.shape[0] == 0:
+            raise ValueError(f"the batch is empty (shape {tuple(images.shape)}); pass at least one "
+                             "image")
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "explaining needs autograd, which torch.inference_mode() disables; call lamcam "
@@ -456,6 +465,12 @@ class BaseCAM:
                 f"images must be (B, C, *spatial), got shape {tuple(images.shape)}"
             )
         param = next(iter(self.model.parameters()), None)
+        if param is not None and param.is_meta:
+            raise ValueError(
+                f"{type(self.model).__name__}'s parameters are on the meta device (shapes only, no "
+                "values): materialise and load them first, e.g. model.to_empty(device='cpu') then "
+                "model.load_state_dict(state)"
+            )
         if param is not None and (images.device != param.device or (
                 param.is_floating_point() and images.dtype != param.dtype)):
             images = images.to(device=param.device, dtype=param.dtype)
@@ -570,15 +585,19 @@ class BaseCAM:
             with mode:
                 try:
                     outputs = model(x)
-                except (RuntimeError, ValueError, TypeError) as e:
-                    raise type(e)(
-                        f"the model's forward pass failed on input of shape {tuple(x.shape)}: {e}"
-                    ) from e
+                except Exception as e:
+                    e.add_note(f"lamcam: the model's forward pass failed on input of shape "
+                               f"{tuple(x.shape)}")
+                    raise
             for h in handles:
                 h.remove()
             handles.clear()
             self._check_outputs(outputs)
             scores, idx, multi = resolve_target(outputs, target)
+            if not bool(torch.isfinite(scores.detach()).all()):
+                bad = (~torch.isfinite(scores.detach())).flatten(1).any(1).nonzero()[:, 0].tolist()
+                raise ValueError(f"the target scores are NaN or inf for images {bad[:10]}; check the "
+                                 "target callable and the model's outputs")
             layouts = [self._layout(t, x) for t in taps]
             p = _Pass(x, outputs, scores, idx, taps, multi, layouts)
 

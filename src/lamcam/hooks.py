@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +44,7 @@ __all__ = [
     "LayerTap",
     "auto_layer",
     "model_guard",
+    "model_lock",
     "resolve_layers",
     "tokens_to_grid",
     "zero_head_hint",
@@ -77,6 +80,13 @@ def resolve_layers(model: nn.Module, layer: LayerSpec) -> list[tuple[str, nn.Mod
     """
     if layer is None:
         raise ValueError("resolve_layers needs a layer; use auto_layer(model, x) to pick one")
+    if not isinstance(layer, str | nn.Module | Sequence) or isinstance(layer, bytes):
+        raise TypeError(
+            f"a layer is a dotted name (e.g. 'layer4'), an nn.Module of the model, or a list of "
+            f"them, not {type(layer).__name__} {layer!r}"
+            + (f"; for the module at index {layer} of a Sequential pass the name '{layer}'"
+               if isinstance(layer, int) and not isinstance(layer, bool) else "")
+        )
     specs = [layer] if isinstance(layer, str | nn.Module) else list(layer)
     if not specs:
         raise ValueError("an empty list of layers was given; name at least one layer")
@@ -144,14 +154,18 @@ class LayerTap:
 
     The hook stores the layer's output tensor (making it a gradient-tracking leaf if the layers
     before it are frozen) and returns a clone to the rest of the network, so later in-place
-    operations modify the clone and never the recorded activation.
+    operations modify the clone and never the recorded activation. It acts only on the thread
+    that created the tap: other threads' forward passes of the same model pass untouched.
     """
 
     name: str
     module: nn.Module
     outputs: list[Tensor] = field(default_factory=list)
+    thread: int = field(default_factory=threading.get_ident)
 
-    def hook(self, module: nn.Module, inputs: tuple, output: object) -> Tensor:
+    def hook(self, module: nn.Module, inputs: tuple, output: object) -> Tensor | None:
+        if threading.get_ident() != self.thread:  # another thread's forward pass of this model
+            return None
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"layer {self.name!r} ({type(module).__name__}) returns {type(output).__name__}, "
@@ -177,6 +191,23 @@ class LayerTap:
         return self.outputs[0]
 
 
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock lamcam holds on ``model`` while a train-mode forward pass may change it.
+
+    One per model object, created on first use; hold it yourself to keep your own train-mode
+    forward passes from interleaving with lamcam's.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def model_guard(model: nn.Module) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
     """Context in which hooks may be added to ``model``; on exit the model is as it was.
@@ -185,19 +216,27 @@ def model_guard(model: nn.Module) -> Iterator[list[torch.utils.hooks.RemovableHa
     module is in train mode its buffers (BatchNorm running statistics, counters) are restored,
     since a forward pass in train mode updates them. Parameters' ``requires_grad`` and ``.grad``
     are never touched by lamcam, so nothing needs restoring there.
+
+    Threads: lamcam's hooks act only on the thread that registered them (:class:`LayerTap`), so
+    explanations of an eval-mode model run concurrently. A model with any module in train mode
+    is explained under :func:`model_lock`: saving and restoring buffers must not interleave with
+    another thread's forward pass, so such calls on one model run one at a time.
     """
     handles: list[torch.utils.hooks.RemovableHandle] = []
     saved: list[tuple[Tensor, Tensor]] = []
-    if any(m.training for m in model.modules()):
-        saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
+    training = any(m.training for m in model.modules())
+    lock = model_lock(model) if training else contextlib.nullcontext()
+    with lock:
+        if training:
+            saved = [(b, b.detach().clone()) for b in model.buffers()]
+        try:
+            yield handles
+        finally:
+            for h in handles:
+                h.remove()
+            with torch.no_grad():
+                for buf, copy in saved:
+                    buf.copy_(copy)
 
 
 _PASS_THROUGH = ("Identity", "Permute", "Flatten")
@@ -221,15 +260,21 @@ class _Probe:
 def _probe(model: nn.Module, x: Tensor, score: Callable[[object], Tensor]) -> tuple[_Probe, Tensor]:
     """Run ``model`` on ``x`` recording every module's output; return the probe and the score.
 
+    The caller holds :func:`model_guard` until it has taken gradients of the score: restoring
+    train-mode buffers earlier would invalidate the graph.
+
     Each hook hands the network a copy of the module's output (as :class:`LayerTap` does), so the
     recorded outputs stay gradient leaves of the score whatever in-place operations follow, and
     the copies tell which module returned which tensor.
     """
     pr = _Probe()
     handed: dict[int, tuple[str, Tensor, int]] = {}  # id(copy) -> (module, copy, version)
+    thread = threading.get_ident()
 
     def make(name: str) -> Callable:
         def hook(_m: nn.Module, inputs: tuple, out: object) -> object:
+            if threading.get_ident() != thread:
+                return None
             pr.counts[name] = pr.counts.get(name, 0) + 1
             if not isinstance(out, Tensor) or not out.is_floating_point():
                 return None
@@ -250,12 +295,13 @@ def _probe(model: nn.Module, x: Tensor, score: Callable[[object], Tensor]) -> tu
 
         return hook
 
-    with model_guard(model) as handles:
-        for name, mod in model.named_modules():
-            if name:
-                handles.append(mod.register_forward_hook(make(name)))
+    handles = [mod.register_forward_hook(make(name)) for name, mod in model.named_modules() if name]
+    try:
         with torch.enable_grad():
             s = score(model(x))
+    finally:
+        for h in handles:
+            h.remove()
     return pr, s
 
 
@@ -304,7 +350,12 @@ def auto_layer(
     batch_norm_training = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
                               for m in model.modules())
     probe_x = x if batch_norm_training else x[:1]  # BatchNorm in train mode needs a batch
-    pr, s = _probe(model, probe_x, score)
+    with model_guard(model):
+        return _choose(model, x, *_probe(model, probe_x, score))
+
+
+def _choose(model: nn.Module, x: Tensor, pr: _Probe, s: Tensor) -> tuple[str, nn.Module, Layout]:
+    """:func:`auto_layer`'s steps 1-4 on a probe pass whose score ``s`` is still differentiable."""
     modules = dict(model.named_modules())
     spatial = tuple(x.shape[2:])
     prefix = prefix_hint(model)

@@ -18,6 +18,7 @@ relative error of a discretisation against it is reported.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from lamcam.hooks import model_guard
 
 __all__ = [
     "QUADRATURES", "PathIntegral", "auto_batch_size", "batch_for_budget", "integrate_path", "plan",
@@ -102,18 +105,18 @@ def probe_point_bytes(model: nn.Module, x: Tensor) -> tuple[Tensor, int]:
     """
     total = 0
 
+    thread = threading.get_ident()
+
     def hook(_m: nn.Module, _i: tuple, out: object) -> None:
         nonlocal total
-        if isinstance(out, Tensor):
+        if isinstance(out, Tensor) and threading.get_ident() == thread:
             total += out.numel() * out.element_size()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
+    with model_guard(model) as handles:
+        handles.extend(m.register_forward_hook(hook) for m in model.modules()
+                       if not list(m.children()))
         with torch.no_grad():
             out = model(x.unsqueeze(0))
-    finally:
-        for h in handles:
-            h.remove()
     return out, 3 * (total + x.numel() * x.element_size())
 
 
@@ -166,13 +169,28 @@ def integrate_path(
         >>> r.completeness_error < 1e-5   # a linear network: exact for any step count
         True
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("path attributions need autograd, which torch.inference_mode() disables; "
+                           "call lamcam outside the inference_mode block (torch.no_grad() is fine)")
     x = path.x
     alphas, terms = plan(quadrature, steps)
     n = len(alphas)
     if batch_size is None:
         batch_size = auto_batch_size(model, x, n, memory_budget)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (or None to choose from the memory "
+                         f"budget), got {batch_size!r}")
+    with model_guard(model):  # train-mode buffers are restored; see lamcam.hooks.model_guard
+        return _integrate(model, path, objective, alphas, terms, batch_size, quadrature, progress,
+                          completeness)
+
+
+def _integrate(model: nn.Module, path, objective: Objective, alphas: np.ndarray,  # noqa: ANN001
+               terms: list, batch_size: int, quadrature: str, progress: bool | str,
+               completeness: bool) -> PathIntegral:
+    """:func:`integrate_path` once its arguments are checked and the model is guarded."""
+    x = path.x
+    n = len(alphas)
     acc = torch.zeros_like(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     output = None
     obj_input = math.nan
@@ -202,6 +220,9 @@ def integrate_path(
                         f"the objective must return one value per path point, shape ({len(idx)},); "
                         f"got {tuple(obj.shape)}"
                     )
+                if not obj.requires_grad:
+                    raise ValueError("the objective's values do not depend on the model's output "
+                                     "(no gradient); compute them from the output it receives")
                 (grad,) = torch.autograd.grad(obj.sum(), pts)
                 if bool(torch.isnan(grad).any()):
                     nan_seen = True
@@ -231,7 +252,7 @@ def integrate_path(
             bar.close()
     if nan_seen:
         warnings.warn("some gradients were NaN (e.g. sqrt at 0 in the gradient detector) and "
-                      "were set to 0, as LAM does", stacklevel=2)
+                      "were set to 0, as LAM does", stacklevel=3)
     obj_base = math.nan
     err = math.nan
     if completeness:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lamcam.hooks import model_guard
 from lamcam.integrate import QUADRATURES, batch_for_budget, integrate_path, plan, probe_point_bytes
 from lamcam.metrics.diffusion import diffusion_index, mass_pixels
 from lamcam.paths import BlurPath
@@ -209,6 +211,19 @@ class LAM:
                              "or pass a callable")
         if input_range not in (1.0, 255.0):
             raise ValueError(f"input_range must be 1.0 or 255.0, got {input_range}")
+        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a finite positive number (the paper uses 1.2), got "
+                             f"{sigma!r}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+                or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int (the paper uses 9), got "
+                             f"{kernel_size!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int (the paper uses 50), got {steps!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int, or None to choose it from "
+                             f"memory_budget; got {batch_size!r}")
         self.model = model
         self.sigma, self.kernel_size, self.steps = float(sigma), int(kernel_size), int(steps)
         self.quadrature = quadrature
@@ -235,16 +250,16 @@ class LAM:
         if want is not None and c != want:
             if c == 1 and want == 3:
                 warnings.warn("grayscale image for an RGB model: replicated to 3 channels",
-                              stacklevel=3)
+                              stacklevel=4)
                 image = image.expand(3, -1, -1)
             elif c == 3 and want == 1:
                 warnings.warn("RGB image for a grayscale model: converted to luma "
-                              "(0.299 R + 0.587 G + 0.114 B)", stacklevel=3)
+                              "(0.299 R + 0.587 G + 0.114 B)", stacklevel=4)
                 image = (torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
                          [:, None, None] * image).sum(0, keepdim=True)
             elif c == 4 and want == 3:
                 warnings.warn("RGBA image: alpha dropped (composite it yourself to choose the "
-                              "background)", stacklevel=3)
+                              "background)", stacklevel=4)
                 image = image[:3]
             else:
                 raise ValueError(f"the image has {c} channels but the model takes {want}")
@@ -326,10 +341,21 @@ class LAM:
                 LR pixels (``"lr"``, multiplied by the scale).
             window: the window side in SR pixels.
         """
+        for label, v in (("row", row), ("col", col), ("window", window)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                    or int(v) != v:
+                raise ValueError(f"{label} must be a whole number of pixels, got {v!r}")
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("LAM needs autograd, which torch.inference_mode() disables; call it "
+                               "outside the inference_mode block (torch.no_grad() is fine)")
+        with model_guard(self.model):
+            return self._explain(image, int(row), int(col), int(window), coords)
+
+    def _explain(self, image: Tensor, row: int, col: int, window: int, coords: str) -> LAMResult:
         x = self._prepare(image)
         scale, batch = self._probe(x)
         sr_shape = (x.shape[-2] * scale, x.shape[-1] * scale)
-        top, left = self.window_origin(int(row), int(col), int(window), scale, sr_shape, coords)
+        top, left = self.window_origin(row, col, window, scale, sr_shape, coords)
         if callable(self.objective) and not isinstance(self.objective, str):
             user = self.objective
 
@@ -349,11 +375,14 @@ class LAM:
         if not bool(torch.isfinite(sr).all()):
             self._check_output(sr[None], x)  # raises with the NaN message
         attr = result.attribution
+        if not bool(torch.isfinite(attr).all()):
+            raise ValueError("the LAM attribution contains NaN or inf (the gradients along the path "
+                             "overflowed); check the model's outputs along the blur path and sigma")
         amap = abs_normalized_map(attr)
         if bool((amap == 0).all()):
             warnings.warn(
                 f"the LAM map is all zeros: the objective does not change along the path (a flat "
-                f"window at ({top}, {left})?); DI {100.0:.0f} is not meaningful", stacklevel=2)
+                f"window at ({top}, {left})?); DI {100.0:.0f} is not meaningful", stacklevel=3)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 di = diffusion_index(amap)

@@ -41,8 +41,8 @@ def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
 def normalize_minmax(maps: Tensor, ndim: int) -> Tensor:
     """Scale each map over its last ``ndim`` dimensions to [0, 1] by its own min and max.
 
-    A constant map becomes all zeros (never NaN), and the operation is differentiable with
-    finite gradients everywhere.
+    A constant map (up to a few ulps of rounding) becomes all zeros (never NaN), and the operation
+    is differentiable with finite gradients everywhere.
 
     Example:
         >>> normalize_minmax(torch.tensor([[1.0, 3.0], [2.0, 2.0]]), ndim=1)
@@ -53,6 +53,9 @@ def normalize_minmax(maps: Tensor, ndim: int) -> Tensor:
     lo = flat.amin(dim=-1, keepdim=True)
     hi = flat.amax(dim=-1, keepdim=True)
     span = hi - lo
-    ok = span > 0
+    # A constant map stays constant up to rounding (e.g. a 1 × 1 layer upsampled): a span within a
+    # few ulps of its magnitude is no structure, and stretching it would draw {0, 0.5, 1} noise.
+    tiny = 8 * torch.finfo(flat.dtype).eps * torch.maximum(hi.abs(), lo.abs())
+    ok = span > tiny
     out = torch.where(ok, (flat - lo) / torch.where(ok, span, torch.ones_like(span)), 0.0)
     return out.reshape(maps.shape)

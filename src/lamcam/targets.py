@@ -132,10 +132,21 @@ def resolve_target(outputs: object, target: Target) -> tuple[Tensor, Tensor | No
         multi = True
     elif isinstance(target, bool):
         raise TypeError("target must be a class index, not a bool")
+    elif isinstance(target, str | bytes):
+        hint = f" (the class index {int(target)})" if str(target).strip().isdigit() else ""
+        raise TypeError(f"target {target!r} is a string; pass a class index as an int{hint}, a "
+                        "sequence of ints, lamcam.TopK(k), or a callable")
     elif isinstance(target, int):
         idx = torch.full((batch, 1), target, dtype=torch.long, device=outputs.device)
     else:
-        t = torch.as_tensor(target, device=outputs.device)
+        try:
+            t = torch.as_tensor(target, device=outputs.device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"target {target!r} is not a class index, a sequence of them, TopK or "
+                            "a callable") from e
+        if t.numel() == 0:
+            raise ValueError("the target is empty; give one class per image, a single int for "
+                             "all, TopK(k), or None for the predicted class")
         if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
             raise TypeError(f"target indices must be integers, got dtype {t.dtype}")
         t = t.long()
