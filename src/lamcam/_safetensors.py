@@ -1,53 +1,55 @@
-"""Minimal reader and writer for the safetensors file format (no dependency on ``safetensors``).
+"""Read and write safetensors files through the official ``safetensors`` package, defensively.
 
 Layout of a ``.safetensors`` file::
 
     [8 bytes]  N, unsigned 64-bit little-endian: length of the JSON header in bytes
     [N bytes]  UTF-8 JSON object; every key except ``"__metadata__"`` names a tensor:
                {"dtype": "F32", "shape": [d0, d1, ...], "data_offsets": [begin, end]}
-               ``data_offsets`` are byte offsets relative to the start of the data section.
-               ``"__metadata__"`` (optional) is an object mapping str -> str.
-    [rest]     data section: the raw little-endian, C-contiguous bytes of every tensor,
-               packed back to back without holes.
+    [rest]     data section: the raw little-endian bytes of every tensor, back to back.
 
-Core lamcam may only depend on torch, numpy, pillow, matplotlib and tqdm, so the shipped model
-weights are read and written by this module. Files written here load with the official
-``safetensors`` package and vice versa (checked in ``tests/test_safetensors.py``).
+Why the package and not a parser of our own (lamcam had one until issue 9): the package is
+maintained with the format (new dtypes such as ``F8_E4M3`` arrive there first), it memory-maps
+the file instead of reading it (loading costs no memory up front, and at most the file's size
+once the tensors are used), and its header parser is bounded (100 MB header limit, JSON nesting
+limit, overflow-checked offsets). This module adds what lamcam needs around it:
+
+* a cheap sanity check before the package sees a file: only the first 8 bytes are read and
+  the file is ``stat``-ed, and a header length above :data:`MAX_HEADER_BYTES` or beyond the end
+  of the file is refused, so no file makes lamcam read or allocate more than its real header
+  (at most :data:`MAX_HEADER_BYTES`) before the tensors are used;
+* one error type: every malformed, truncated or lying file raises :class:`ValueError` whose
+  message names the file and says what is wrong, with the package's exception chained;
+* atomic writes (temporary file in the destination directory, fsync, :func:`os.replace`), and
+  argument checks that fail before the disk is touched.
+
+Loaded tensors live in a private (copy-on-write) memory map of the file: they are writable,
+changes never reach the file, and replacing the file (as :func:`save_file` does, through
+:func:`os.replace`) does not affect them. Truncating a file *in place* while tensors loaded from
+it are still alive is not supported (the operating system may then kill the process on access);
+copy them (``t.clone()``) if that can happen.
 
 Public API::
 
     save_file(tensors, path, metadata=None)   # atomic write
     load_file(path) -> dict[str, Tensor]
     read_metadata(path) -> dict[str, str]
-    save_bytes(tensors, metadata=None) -> bytes
-    load_bytes(data, source="<bytes>") -> dict[str, Tensor]
-
-Every malformed or truncated input raises :class:`ValueError` whose message names the file and
-says what is wrong.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 
-__all__ = [
-    "DTYPES",
-    "save_file",
-    "load_file",
-    "read_metadata",
-    "save_bytes",
-    "load_bytes",
-]
+__all__ = ["DTYPES", "MAX_HEADER_BYTES", "save_file", "load_file", "read_metadata"]
 
-#: safetensors dtype tag -> torch dtype.
+#: safetensors dtype tag -> torch dtype, for the dtypes :func:`save_file` writes. Reading is not
+#: limited to these: :func:`load_file` returns whatever the package can represent in torch.
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -60,15 +62,17 @@ DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-# Unsigned wide integers exist in recent torch versions only (limited op support, but storage,
-# copying and comparison work).
-for _tag, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+# Unsigned wide integers and 8-bit floats exist in recent torch versions only.
+for _tag, _attr in (
+    ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"),
+    ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
+):  # fmt: skip
     if isinstance(getattr(torch, _attr, None), torch.dtype):
         DTYPES[_tag] = getattr(torch, _attr)
 
 _TAGS: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
-#: Refuse headers larger than this (the official implementation uses the same limit).
+#: Refuse headers larger than this before the package parses them (the package's own limit).
 MAX_HEADER_BYTES = 100_000_000
 
 PathLike = str | os.PathLike
@@ -77,29 +81,12 @@ PathLike = str | os.PathLike
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    """Raw little-endian bytes of a contiguous CPU tensor ``t`` (any shape, any supported dtype)."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    raw = flat.view(torch.uint8)  # same storage reinterpreted as bytes; works for 0 elements too
-    if sys.byteorder == "big" and t.element_size() > 1:  # pragma: no cover - little-endian CI
-        raw = raw.reshape(-1, t.element_size()).flip(1).reshape(-1)
-    return raw.numpy().tobytes()
-
-
-def save_bytes(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-) -> bytes:
-    """Serialise ``tensors`` (name -> tensor of any shape) and ``metadata`` to safetensors bytes.
-
-    Tensors are stored sorted by decreasing element size, then by name, so every tensor's data
-    starts at a multiple of its element size (the header is padded to 8 bytes).
-
-    Raises:
-        TypeError: a key is not a str, a value is not a tensor, or metadata is not str -> str.
-        ValueError: unsupported dtype, or a tensor name ``"__metadata__"``.
-    """
+def _prepared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validate ``tensors`` and return contiguous CPU tensors that share no memory."""
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping name -> torch.Tensor, got {type(tensors)}")
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
     for name, t in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r} ({type(name).__name__})")
@@ -112,35 +99,32 @@ def save_bytes(
             raise ValueError(
                 f"tensor {name!r} has unsupported dtype {t.dtype}; supported: {supported}"
             )
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a mapping str -> str, got {type(metadata)}")
-        for k, v in metadata.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(
-                    f"metadata must map str -> str, got {k!r}: {v!r} "
-                    f"({type(k).__name__} -> {type(v).__name__}); json.dumps non-str values first"
-                )
+        if t.layout != torch.strided or t.device.type == "meta":
+            raise ValueError(
+                f"tensor {name!r} has no data to write ({t.layout}, device {t.device}); "
+                "pass a dense tensor with data"
+            )
+        c = t.detach().to("cpu").contiguous()
+        ptr = c.untyped_storage().data_ptr()
+        if c.numel() and ptr in seen:  # tied weights: the package refuses shared memory
+            c = c.clone()
+        seen.add(c.untyped_storage().data_ptr())
+        out[name] = c
+    return out
 
-    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    chunks: list[bytes] = []
-    offset = 0
-    for name in order:
-        t = tensors[name]
-        data = _tensor_bytes(t)
-        header[name] = {
-            "dtype": _TAGS[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        chunks.append(data)
-        offset += len(data)
-    hbytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    hbytes += b" " * (-len(hbytes) % 8)  # pad with spaces so the data section is 8-aligned
-    return struct.pack("<Q", len(hbytes)) + hbytes + b"".join(chunks)
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping str -> str, got {type(metadata)}")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(
+                f"metadata must map str -> str, got {k!r}: {v!r} "
+                f"({type(k).__name__} -> {type(v).__name__}); json.dumps non-str values first"
+            )
+    return dict(metadata) or None
 
 
 def _current_umask() -> int:
@@ -156,25 +140,34 @@ def save_file(
 ) -> None:
     """Write ``tensors`` to ``path`` in safetensors format, atomically.
 
-    The bytes are first serialised in memory (so invalid input fails before touching the disk),
-    then written to a temporary file in the destination directory, flushed and fsynced, and moved
-    over ``path`` with :func:`os.replace`. A failure at any point leaves ``path`` as it was and
-    removes the temporary file.
+    The arguments are checked first (invalid input fails before the disk is touched); the
+    package then writes a temporary file in the destination directory, which is fsynced and
+    moved over ``path`` with :func:`os.replace`. A failure or interruption at any point leaves
+    ``path`` as it was and removes the temporary file.
 
     Args:
-        tensors: name -> tensor (any shape; moved to CPU and made contiguous for writing).
+        tensors: name -> tensor (any shape, a dtype of :data:`DTYPES`; moved to CPU and made
+            contiguous for writing; tensors sharing memory, e.g. tied weights, are copied).
         path: destination file; its parent directory must exist.
         metadata: optional free-form str -> str mapping stored under ``"__metadata__"``.
+
+    Raises:
+        TypeError: a key is not a str, a value is not a tensor, or metadata is not str -> str.
+        ValueError: unsupported dtype or layout, or a tensor name ``"__metadata__"``.
     """
-    payload = save_bytes(tensors, metadata)
+    prepared = _prepared(tensors)
+    meta = _check_metadata(metadata)
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.close(fd)
+        safetensors.torch.save_file(prepared, tmp, metadata=meta)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         # mkstemp creates 0600 files; give the result the mode a plain open() would have given.
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
@@ -193,170 +186,90 @@ def _bad(source: str, what: str) -> ValueError:
     return ValueError(f"{source}: not a valid safetensors file: {what}")
 
 
-def _parse_header(head: bytes, source: str) -> dict:
-    """Decode and structurally validate the JSON header bytes ``head``."""
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _bad(source, f"header is not UTF-8 ({e})") from None
-    if not text.lstrip().startswith("{"):
-        raise _bad(source, f"header does not start with a JSON object (begins {text[:20]!r})")
-    try:
-        header = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _bad(source, f"header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise _bad(source, "header is not a JSON object")
-    meta = header.get("__metadata__")
-    if meta is not None and (
-        not isinstance(meta, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
-    ):
-        raise _bad(source, "'__metadata__' must be an object mapping str -> str")
-    return header
+# Substrings of the package's error messages -> what they mean, appended to its message.
+_HINTS = (
+    ("header too small", "the file is too short to hold a header"),
+    ("incomplete metadata", "the tensors do not cover the data section exactly: truncated "
+     "file, or extra bytes after the last tensor"),
+    ("invalid offset", "data_offsets overlap, leave a hole, run backwards or start past the "
+     "data"),
+    ("invalid shape, data type, or offset", "the byte size given by data_offsets does not "
+     "match dtype and shape"),
+    ("overflow", "the shape's element count overflows"),
+    ("expected struct HashMetadata", "the header is not a JSON object"),
+    ("unknown variant", "unsupported dtype"),
+    ("Dtype not understood", "unsupported dtype (torch has no such type)"),
+    ("recursion limit", "the header JSON is nested too deeply"),
+)
 
 
-def _check_header_len(prefix: bytes, total: int, source: str) -> int:
-    """Return the header length N from the 8-byte ``prefix`` of a ``total``-byte file."""
+def _describe(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = text.removeprefix("Error while deserializing header: ")
+    hints = [hint for key, hint in _HINTS if key in text]
+    return text + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def _precheck(path: PathLike) -> str:
+    """Refuse missing files and absurd header lengths after reading only 8 bytes; return name."""
+    p = Path(path)
+    source = str(p)
+    if not p.exists():
+        raise FileNotFoundError(f"{source}: no such safetensors file")
+    if not p.is_file():
+        raise _bad(source, "not a regular file")
+    size = p.stat().st_size
+    with p.open("rb") as fh:
+        prefix = fh.read(8)
     if len(prefix) < 8:
         raise _bad(
-            source, f"file is {total} bytes, too short for the 8-byte header length (truncated?)"
+            source, f"file is {size} bytes, too short for the 8-byte header length (truncated?)"
         )
-    (n,) = struct.unpack("<Q", prefix[:8])
+    n = int.from_bytes(prefix, "little")
     if n > MAX_HEADER_BYTES:
         raise _bad(source, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-    if 8 + n > total:
+    if n > size - 8:
         raise _bad(
-            source, f"header length says {n} bytes but only {total - 8} follow (truncated file?)"
+            source, f"header length says {n} bytes but only {size - 8} follow (truncated file?)"
         )
-    return n
+    return source
 
 
-_Spec = tuple[str, torch.dtype, list, int, int]
-
-
-def _tensor_specs(header: dict, data_len: int, source: str) -> list[_Spec]:
-    """Validate every tensor entry against a data section of ``data_len`` bytes.
-
-    Returns (name, dtype, shape, begin, end) per tensor, checked so that sizes match the shape,
-    all ranges lie inside the data section, do not overlap, and cover it without holes.
-    """
-    specs: list[_Spec] = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict):
-            raise _bad(source, f"entry for tensor {name!r} is not an object")
-        missing = {"dtype", "shape", "data_offsets"} - entry.keys()
-        if missing:
-            raise _bad(source, f"tensor {name!r} lacks {sorted(missing)}")
-        tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if tag not in DTYPES:
-            raise _bad(
-                source, f"tensor {name!r} has unsupported dtype {tag!r} (known: {sorted(DTYPES)})"
-            )
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise _bad(source, f"tensor {name!r} has invalid shape {shape!r}")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-        ):
-            raise _bad(source, f"tensor {name!r} has invalid data_offsets {offsets!r}")
-        dtype = DTYPES[tag]
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        begin, end = offsets
-        if end - begin != nbytes:
-            raise _bad(
-                source,
-                f"tensor {name!r} ({tag}, shape {shape}) needs {nbytes} bytes but its "
-                f"data_offsets [{begin}, {end}] span {end - begin}",
-            )
-        if end > data_len:
-            raise _bad(
-                source,
-                f"tensor {name!r} needs bytes [{begin}, {end}) of the data section but it has "
-                f"only {data_len} bytes (truncated file?)",
-            )
-        specs.append((name, dtype, shape, begin, end))
-    pos = 0
-    for name, _, _, begin, end in sorted(specs, key=lambda s: (s[3], s[4])):
-        if begin != pos:
-            kind = "overlaps the previous tensor" if begin < pos else "leaves a hole before it"
-            raise _bad(source, f"tensor {name!r} at byte {begin} {kind} (expected {pos})")
-        pos = end
-    if pos != data_len:
-        raise _bad(
-            source, f"data section has {data_len} bytes but the tensors describe only {pos}"
-        )
-    return specs
-
-
-def _to_tensor(raw: bytes | memoryview, dtype: torch.dtype, shape: list) -> torch.Tensor:
-    """Build a tensor (owning a private, writable copy of ``raw``) of ``dtype`` and ``shape``."""
-    buf = bytearray(raw)
-    if not buf:
-        return torch.empty(shape, dtype=dtype)
-    t = torch.frombuffer(buf, dtype=torch.uint8)
-    size = torch.empty((), dtype=dtype).element_size()
-    if sys.byteorder == "big" and size > 1:  # pragma: no cover - little-endian CI
-        t = t.reshape(-1, size).flip(1).reshape(-1).contiguous()
-    return t.view(dtype).reshape(shape)
-
-
-def load_bytes(data: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
-    """Parse safetensors ``data`` into name -> CPU tensor (tensors own their memory).
-
-    ``source`` is used in error messages (a file name or ``"<bytes>"``).
-    """
-    view = memoryview(data)
-    n = _check_header_len(bytes(view[:8]), len(data), source)
-    header = _parse_header(bytes(view[8 : 8 + n]), source)
-    body = view[8 + n :]
-    specs = _tensor_specs(header, len(body), source)
-    return {
-        name: _to_tensor(body[begin:end], dtype, shape)
-        for name, dtype, shape, begin, end in specs
-    }
-
-
-def _read_all(path: PathLike) -> bytes:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such safetensors file")
-    return p.read_bytes()
+def _open(path: PathLike, read_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    source = _precheck(path)
+    try:
+        with safetensors.safe_open(source, framework="pt", device="cpu") as f:
+            meta = f.metadata()
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if read_tensors else {}
+    except (OSError, MemoryError):  # cannot open / read the file: not a format problem
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # SafetensorError, and Rust panics (PanicException)
+        raise _bad(source, _describe(e)) from e
+    return tensors, dict(meta or {})
 
 
 def load_file(path: PathLike) -> dict[str, torch.Tensor]:
     """Load every tensor of the safetensors file ``path`` as CPU tensors.
 
+    The file is memory-mapped (copy-on-write): nothing is read until a tensor is used, and the
+    tensors are writable without changing the file. Every dtype of the format that torch has
+    loads (including ``F8_E4M3`` / ``F8_E5M2`` as ``torch.float8_e4m3fn`` / ``float8_e5m2``).
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is truncated or malformed (message names the file and the problem).
+        OSError: the file cannot be opened or read (permissions, I/O error).
+        ValueError: the file is truncated, malformed or lies about its contents (the message
+            names the file and the problem; the package's exception is chained).
     """
-    return load_bytes(_read_all(path), str(path))
+    return _open(path, read_tensors=True)[0]
 
 
 def read_metadata(path: PathLike) -> dict[str, str]:
     """Return the ``__metadata__`` mapping of ``path`` ({} if absent), reading only the header.
 
-    The tensor entries are validated too (without reading their data), so a file that this
-    returns for without error has a consistent header.
+    The whole header is validated against the file size too, so a file this returns for
+    without error has a consistent header. Raises like :func:`load_file`.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such safetensors file")
-    source = str(p)
-    size = p.stat().st_size
-    with p.open("rb") as fh:
-        n = _check_header_len(fh.read(8), size, source)
-        head = fh.read(n)
-    header = _parse_header(head, source)
-    _tensor_specs(header, size - 8 - n, source)
-    return dict(header.get("__metadata__") or {})
+    return _open(path, read_tensors=False)[1]

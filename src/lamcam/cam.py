@@ -295,7 +295,12 @@ class CAMResult:
         return out
 
     def save(self, out_dir: str | Path, stem: str = "img") -> list[Path]:
-        """Write ``<stem><b>_<method>.npy`` (raw maps) and overlays as PNG; return the paths."""
+        """Write ``<stem><b>_<method>.npy`` (raw maps) and overlays as PNG; return the paths.
+
+        Every file is written atomically (a temporary file renamed over the final name).
+        """
+        from lamcam._files import atomic_save_image, atomic_save_npy
+
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         tag = self.method
@@ -304,7 +309,7 @@ class CAMResult:
         for b in range(self.maps.shape[0]):
             path = out_dir / f"{stem}{b}_{tag}.npy"
             arr = [r[b].detach().float().cpu().numpy() for r in raws]
-            np.save(path, arr[0] if len(arr) == 1 else np.stack(arr))
+            atomic_save_npy(path, arr[0] if len(arr) == 1 else np.stack(arr))
             written.append(path)
         try:
             pictures = self.overlay()
@@ -314,7 +319,7 @@ class CAMResult:
         for i, pic in enumerate(pictures):
             b, k = divmod(i, per)
             path = out_dir / (f"{stem}{b}_{tag}.png" if per == 1 else f"{stem}{b}_{tag}_k{k}.png")
-            pic.save(path)
+            atomic_save_image(path, pic)
             written.append(path)
         return written
 

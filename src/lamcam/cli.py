@@ -8,10 +8,19 @@ Subcommands:
 * ``lamcam demo`` -- every bundled sample through every bundled classifier and CAM method,
   with an HTML report.
 
-Exit status: 0 success; 1 some input images could not be read (the others were processed);
+Exit status: 0 success; 1 some input images could not be read or their outputs could not be
+written (the others were processed; each failure is reported on stderr with the file named);
 2 usage or configuration error (bad option, unwritable output directory, unknown model or layer,
 target out of range, ...); 3 unexpected internal error. Errors are reported on one line on
 stderr; ``--debug`` adds the Python traceback.
+
+Outputs: every file is written atomically (encoded in memory, written to a temporary file in the
+output directory and renamed over the final name), so no output is ever half-written, even if
+the process is killed. Options that can fail (``--cmap``, ...) are checked before anything is
+written. Output names are decided up front for the whole batch so that two inputs never write
+the same file (``a/x.png``, ``b/x.png``, ``c/x_2.png`` give ``x``, ``x_3`` and ``x_2``); one note
+on stderr lists the existing files a run replaced. Images larger than ``--max-pixels`` are
+refused from their header, before decoding, with the memory they would need.
 
 Adding a subcommand: write ``_add_<name>_parser(subparsers)`` that registers its options and
 ``set_defaults(func=<handler>)`` with a handler ``(args) -> int``, and append it to
@@ -45,6 +54,14 @@ _METHOD_HELP = (
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
+#: Default ``--max-pixels`` of ``lamcam cam`` / ``lamcam eval``: the image is only decoded (about
+#: 30 bytes per pixel, 0.5 GB at this size) and resized to the classifier's input.
+CAM_MAX_PIXELS = 4096 * 4096
+#: Default ``--max-pixels`` of ``lamcam lam``: LAM keeps the activations of every layer for the
+#: backward pass, 14-55 kB per LR pixel per path point for the bundled SR models, so a 1024 x 1024
+#: image already needs 14-57 GB per path point.
+LAM_MAX_PIXELS = 1024 * 1024
+
 
 class CliError(Exception):
     """A user-facing error: printed on one line, exit status ``code``."""
@@ -60,6 +77,150 @@ def _err(msg: str) -> None:
 
 def _note(msg: str) -> None:
     print(f"lamcam: note: {msg}", file=sys.stderr)
+
+
+class _OutputClash(CliError):
+    """An output file would be written twice in one run, or over one of the run's inputs."""
+
+
+class _Outputs:
+    """Every file one command writes into ``out_dir``.
+
+    The files of one :meth:`write` are written together (:func:`lamcam._files.atomic_write_many`:
+    all to temporary files first, then renamed over their names), so an input never ends up with
+    some of its outputs new and others missing or stale. A name is written at most once per run
+    (case-insensitively, for case-insensitive file systems) and never over one of the run's
+    input files: such a clash raises :class:`_OutputClash` before anything of that set is
+    written. Files that existed before are listed by :meth:`report` in one note.
+    """
+
+    def __init__(self, out_dir: Path, inputs: Sequence[Path] = ()) -> None:
+        import os
+
+        self.out_dir = out_dir
+        self.replaced: list[str] = []
+        self._claimed: set[str] = set()
+        self._inputs: set[tuple[int, int]] = set()
+        for p in inputs:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            self._inputs.add((st.st_dev, st.st_ino))
+
+    def _is_input(self, path: Path) -> bool:
+        import os
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in self._inputs
+
+    def write(self, files: dict[str, bytes]) -> list[Path]:
+        """Write ``{file name: content}`` into the output directory; returns the paths."""
+        from lamcam._files import atomic_write_many
+
+        batch: set[str] = set()
+        for name in files:
+            path = self.out_dir / name
+            if name.casefold() in self._claimed or name.casefold() in batch:
+                raise _OutputClash(f"{path} was already written by another input of this run; "
+                                   "not overwritten")
+            if self._is_input(path):
+                raise _OutputClash(f"{path} is one of the input files; not overwritten "
+                                   "(choose another --out)")
+            batch.add(name.casefold())
+        existed = [n for n in files if (self.out_dir / n).exists() or (self.out_dir / n).is_symlink()]
+        written = atomic_write_many({self.out_dir / n: data for n, data in files.items()})
+        self._claimed.update(n.casefold() for n in files)
+        self.replaced.extend(existed)
+        return written
+
+    def report(self) -> None:
+        """One note listing the files that existed before this run and were replaced."""
+        n = len(self.replaced)
+        if n:
+            shown = ", ".join(self.replaced[:4]) + (f" and {n - 4} more" if n > 4 else "")
+            _note(f"replaced {n} existing output file(s) in {self.out_dir}: {shown}")
+
+
+def _output_stems(paths: Sequence[Path]) -> list[str]:
+    """One distinct output stem per input, decided for the whole batch up front.
+
+    An input keeps its file stem unless an earlier input has the same one (compared
+    case-insensitively); later ones get ``<stem>_2``, ``<stem>_3``, ... skipping every name that
+    is the stem of any input, so ``a/x.png``, ``b/x.png``, ``c/x_2.png`` give ``x``, ``x_3``,
+    ``x_2``. Deterministic: depends only on the list of paths.
+
+    Example:
+        >>> _output_stems([Path("a/x.png"), Path("b/x.png"), Path("c/x_2.png")])
+        ['x', 'x_3', 'x_2']
+    """
+    bases = [p.stem for p in paths]
+    taken = {b.casefold() for b in bases}
+    used: set[str] = set()
+    stems = []
+    for base in bases:
+        stem, k = base, 2
+        if stem.casefold() in used:
+            while f"{base}_{k}".casefold() in taken:
+                k += 1
+            stem = f"{base}_{k}"
+            taken.add(stem.casefold())
+        used.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def _check_cmap(name: str) -> None:
+    """``--cmap`` must name a matplotlib colormap (checked before any output is written)."""
+    import difflib
+
+    import matplotlib
+
+    if name in matplotlib.colormaps:
+        return
+    names = sorted(matplotlib.colormaps, key=str.lower)
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    plain = [n for n in names if not n.endswith("_r")]
+    raise CliError(f"--cmap {name!r} is not a matplotlib colormap{hint}; choose from: "
+                   f"{', '.join(plain)} (each also reversed with _r)")
+
+
+def _max_pixels(value: int) -> int | None:
+    if value < 0:
+        raise CliError(f"--max-pixels must be positive (or 0 for no limit), got {value}")
+    return value or None
+
+
+def _add_max_pixels(p: argparse.ArgumentParser, default: int, why: str) -> None:
+    side = int(default**0.5)
+    p.add_argument(
+        "--max-pixels", type=int, default=default, metavar="N",
+        help=f"refuse images with more than N pixels (width x height), checked from the file "
+        f"header before decoding (default: {default} = {side}x{side}; {why}; 0: no limit "
+        "besides Pillow's decompression-bomb guard)")
+
+
+def _too_large(e: Any, cost: str, fix: str) -> str:
+    """The message for an ``ImageTooLargeError`` ``e`` under ``--max-pixels``."""
+    return (f"cannot load image '{e.path}': {e.width}x{e.height} pixels ({e.pixels:,}) is more "
+            f"than --max-pixels {e.limit:,}; {cost}; {fix}, or raise the limit with "
+            f"--max-pixels {e.pixels} (or more) if you have the memory")
+
+
+def _load_error_text(e: Any) -> str:
+    """The one-line message for an ``ImageLoadError`` of ``lamcam cam`` / ``eval``."""
+    from lamcam.io import DECODE_BYTES_PER_PIXEL, ImageTooLargeError, format_bytes
+
+    if not isinstance(e, ImageTooLargeError):
+        return str(e)
+    need = format_bytes(e.pixels * DECODE_BYTES_PER_PIXEL)
+    return _too_large(e, f"decoding it takes about {DECODE_BYTES_PER_PIXEL} bytes per pixel "
+                      f"({need}) before it is resized to the model's input",
+                      "downscale it first")
 
 
 def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, file=None, line=None):
@@ -174,14 +335,18 @@ def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "                       with --target topK, one per rank:\n"
             "                       <stem>_<method>_top<r>_<class>.png\n"
             "  <stem>_<method>.npy  the raw layer-resolution map(s)\n"
-            "and prints one line per image (prediction, probability, target)."
+            "and prints one line per image (prediction, probability, target).\n"
+            "Output names are unique within a run (a later input with an already used stem\n"
+            "gets <stem>_2, <stem>_3, ...); files are written atomically; one note lists the\n"
+            "existing files that were replaced."
         ),
         epilog=(
             "examples:\n"
             "  lamcam cam img.png --model shapes_vgg\n"
             "  lamcam cam a.png b.jpg --model shapes_resnet --method gradcam --target top3\n"
             "  lamcam cam x.png --model ckpt.safetensors --arch shapes_vgg --layer features.20\n"
-            "\nexit status: 0 ok, 1 some images could not be read, 2 usage/configuration error"
+            "\nexit status: 0 ok, 1 some images could not be read or written (the others were\n"
+            "processed), 2 usage/configuration error"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -229,6 +394,7 @@ def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images per forward pass (default: 16)",
     )
+    _add_max_pixels(p, CAM_MAX_PIXELS, "decoding takes about 30 bytes per pixel")
     p.set_defaults(func=_run_cam)
 
 
@@ -241,6 +407,8 @@ def _run_cam(args: argparse.Namespace) -> int:
         raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    max_pixels = _max_pixels(args.max_pixels)
+    _check_cmap(args.cmap)
     out_dir = ensure_writable_dir(args.out)  # fail before any work
 
     model = _load_model(args.model, args.arch)
@@ -254,49 +422,61 @@ def _run_cam(args: argparse.Namespace) -> int:
     hw = _input_hw(meta)
     mode = _input_mode(meta)
 
+    paths = [Path(name) for name in args.images]
+    stems = _output_stems(paths)  # for the whole batch, before anything is read or written
+    for name, path, stem in zip(args.images, paths, stems, strict=True):
+        if stem != path.stem:
+            _note(f"{name}: another input has the same name; writing outputs as {stem}_*")
+    outputs = _Outputs(out_dir, inputs=paths)
     failed: list[str] = []
-    used_stems: dict[str, int] = {}
-    queue: list[tuple[Path, str, torch.Tensor]] = []
+    unwritten: list[str] = []
+    queue: list[tuple[str, Path, str, torch.Tensor]] = []
 
     def flush() -> None:
         if not queue:
             return
-        batch = torch.stack([x for _, _, x in queue])
+        batch = torch.stack([x for *_, x in queue])
         res = explainer(batch, target=target)
         probs = torch.softmax(res.logits.detach().float(), dim=1)
         pred = probs.argmax(dim=1)
-        for i, (path, stem, image) in enumerate(queue):
-            _write_cam_outputs(
+        for i, (name, path, stem, image) in enumerate(queue):
+            files, line = _cam_outputs(
                 args, out_dir, res, i, path, stem, image, probs[i], int(pred[i]), classes
             )
+            try:
+                outputs.write(files)
+            except (OSError, _OutputClash) as e:
+                _err(f"{name}: cannot write its outputs: {' '.join(str(e).split())} (skipped)")
+                unwritten.append(name)
+                continue
+            print(line, flush=True)
         queue.clear()
 
-    for name in args.images:
-        path = Path(name)
-        try:
-            x = load_image(path, mode=mode, size=hw)
-        except ImageLoadError as e:
-            _err(f"{e} (skipped)")
-            failed.append(name)
-            continue
-        stem = path.stem
-        n = used_stems.get(stem, 0)
-        used_stems[stem] = n + 1
-        if n:
-            stem = f"{stem}_{n + 1}"
-            _note(f"{name}: another input has the same name; writing outputs as {stem}_*")
-        queue.append((path, stem, x))
-        if len(queue) >= args.batch_size:
-            flush()
-    flush()
+    try:
+        for name, path, stem in zip(args.images, paths, stems, strict=True):
+            try:
+                x = load_image(path, mode=mode, size=hw, max_pixels=max_pixels)
+            except ImageLoadError as e:
+                _err(f"{_load_error_text(e)} (skipped)")
+                failed.append(name)
+                continue
+            queue.append((name, path, stem, x))
+            if len(queue) >= args.batch_size:
+                flush()
+        flush()
+    finally:
+        outputs.report()
 
+    n = len(args.images)
     if failed:
-        _err(f"{len(failed)} of {len(args.images)} image(s) could not be read: {', '.join(failed)}")
-        return EXIT_PARTIAL
-    return EXIT_OK
+        _err(f"{len(failed)} of {n} image(s) could not be read: {', '.join(failed)}")
+    if unwritten:
+        _err(f"the outputs of {len(unwritten)} of {n} image(s) could not be written: "
+             f"{', '.join(unwritten)}")
+    return EXIT_PARTIAL if failed or unwritten else EXIT_OK
 
 
-def _write_cam_outputs(
+def _cam_outputs(
     args: argparse.Namespace,
     out_dir: Path,
     res: Any,
@@ -307,10 +487,12 @@ def _write_cam_outputs(
     probs: Any,
     pred: int,
     classes: Sequence[str] | None,
-) -> None:
-    """Write the PNG(s) and the .npy of image ``i`` of ``res`` and print its summary line."""
+) -> tuple[dict[str, bytes], str]:
+    """The files of image ``i`` of ``res`` (``{name: content}``: the .npy, then the PNG(s)),
+    rendered in memory, and its summary line. Nothing is written here."""
     import numpy as np
 
+    from lamcam._files import image_bytes, npy_bytes
     from lamcam.viz import gradient_image, overlay_cam
 
     method = args.method
@@ -327,32 +509,37 @@ def _write_cam_outputs(
     raw = getattr(res, "raw", None)
     raws = raw if isinstance(raw, tuple) else (res.maps if raw is None else raw,)
     arrs = [r[i].detach().cpu().float().numpy() for r in raws]
+    files: dict[str, bytes] = {}
     if len(arrs) == 1:
-        np.save(out_dir / f"{stem}_{method}.npy", arrs[0])
+        files[f"{stem}_{method}.npy"] = npy_bytes(arrs[0])
     elif len({a.shape for a in arrs}) == 1:  # several layers of one resolution: (L, ...)
-        np.save(out_dir / f"{stem}_{method}.npy", np.stack(arrs))
+        files[f"{stem}_{method}.npy"] = npy_bytes(np.stack(arrs))
     else:  # several layers of different resolutions: one file per layer
         names = list(getattr(res, "layer_names", [])) or [str(j) for j in range(len(arrs))]
+        used: set[str] = set()
         for lname, a in zip(names, arrs, strict=False):
-            np.save(out_dir / f"{stem}_{method}_{_safe_name(lname)}.npy", a)
+            base = _safe_name(lname)
+            tag, k = base, 2
+            while tag.casefold() in used:  # two layer names with the same file-safe form
+                tag, k = f"{base}_{k}", k + 1
+            used.add(tag.casefold())
+            files[f"{stem}_{method}_{tag}.npy"] = npy_bytes(a)
 
     def render(m: Any) -> Any:
         if kind == "gradient":
             return gradient_image(m)
         return overlay_cam(image, m, alpha=args.alpha, cmap=args.cmap)
 
-    written: list[Path] = []
+    pngs: list[str] = []
     if multi:
         for r in range(maps.shape[0]):
             c = t_idx[r] if r < len(t_idx) else None
             cname = _safe_name(_class_name(classes, c)) if c is not None else "target"
-            png = out_dir / f"{stem}_{method}_top{r + 1}_{cname}.png"
-            render(maps[r]).save(png)
-            written.append(png)
+            pngs.append(f"{stem}_{method}_top{r + 1}_{cname}.png")
+            files[pngs[-1]] = image_bytes(render(maps[r]))
     else:
-        png = out_dir / f"{stem}_{method}.png"
-        render(maps).save(png)
-        written.append(png)
+        pngs.append(f"{stem}_{method}.png")
+        files[pngs[-1]] = image_bytes(render(maps))
 
     pred_txt = f"pred {_class_name(classes, pred)} (p={float(probs[pred]):.3f})"
     if targets is None:
@@ -364,8 +551,8 @@ def _write_cam_outputs(
     else:
         c = t_idx[0]
         tgt_txt = f"target {_class_name(classes, c)} (p={float(probs[c]):.3f})"
-    shown = written[0] if len(written) == 1 else out_dir / f"{stem}_{method}_top*.png"
-    print(f"{path}: {pred_txt}, {tgt_txt} -> {shown}", flush=True)
+    shown = out_dir / (pngs[0] if len(pngs) == 1 else f"{stem}_{method}_top*.png")
+    return files, f"{path}: {pred_txt}, {tgt_txt} -> {shown}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,14 +576,16 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  <stem>_<model>_lam_map.npy  the 2-D map |sum_c attribution| / max, (H, W)\n"
             "  <stem>_<model>_lam.json     DI, pixels95, completeness error and all parameters\n"
             "and with --models also <stem>_lam_comparison.png/.json. Prints one line per model.\n"
-            "The image is used at its own size (never resized); DI depends on that size."
+            "The image is used at its own size (never resized); DI depends on that size.\n"
+            "Files are written atomically; one note lists the existing files that were replaced."
         ),
         epilog=(
             "examples:\n"
             "  lamcam lam lr.png --model sr_edsr --row 96 --col 128\n"
             "  lamcam lam lr.png --models sr_fsrcnn,sr_edsr,sr_rcan,sr_swinir --row 96 --col 128\n"
             "  lamcam lam lr.png --model net.safetensors --arch EDSR --row 20 --col 30 --coords lr\n"
-            "\nexit status: 0 ok, 1 the image file could not be read (corrupt/truncated/missing),\n"
+            "\nexit status: 0 ok, 1 the image file could not be read (corrupt/truncated/missing,\n"
+            "decompression bomb, NaN pixels, more than --max-pixels),\n"
             "2 usage or configuration error (window off the image, not an image file, model\n"
             "output not an integer multiple of the input, NaN output, bad checkpoint, ...)"
         ),
@@ -435,6 +624,8 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="value range the model expects (default: the model's metadata, else 1)")
     p.add_argument("--out", default="lamcam-out", metavar="DIR",
                    help="output directory (default: lamcam-out)")
+    _add_max_pixels(p, LAM_MAX_PIXELS, "LAM needs 10-60 kB per LR pixel per path point for "
+                    "typical SR networks")
     p.set_defaults(func=_run_lam)
 
 
@@ -444,7 +635,7 @@ def _lam_model_names(specs: Sequence[str]) -> list[str]:
     for spec in specs:
         base = _safe_name(Path(spec).stem if Path(spec).suffix or "/" in spec else spec)
         name, k = base, 2
-        while name in names:
+        while name.casefold() in {n.casefold() for n in names}:
             name, k = f"{base}_{k}", k + 1
         names.append(name)
     return names
@@ -463,24 +654,62 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _load_lam_image(path: Path, mode: str) -> Any:
+def _lam_bytes_per_pixel(model: Any) -> float | None:
+    """Bytes per LR pixel per path point that LAM needs with ``model`` (a probe on 32 x 32)."""
+    import torch
+
+    from lamcam.integrate import probe_point_bytes
+
+    side = 32
+    try:
+        param = next(iter(model.parameters()), None)
+        kw = {} if param is None else {"device": param.device, "dtype": param.dtype}
+        channels = 1 if _input_mode(_model_meta(model)) == "L" else 3
+        _, point_bytes = probe_point_bytes(model, torch.zeros(channels, side, side, **kw))
+    except Exception:  # noqa: BLE001 - only an estimate for an error message
+        return None
+    return point_bytes / (side * side)
+
+
+def _lam_too_large(e: Any, models: Sequence[tuple[str, Any]], batch: int | None) -> str:
+    """Why ``lamcam lam`` refuses an image above --max-pixels: the memory LAM would need."""
+    from lamcam.io import format_bytes
+
+    per_pixel = [(name, b) for name, m in models if (b := _lam_bytes_per_pixel(m)) is not None]
+    if per_pixel:
+        name, b = max(per_pixel, key=lambda t: t[1])
+        n = batch or 1
+        cost = (f"LAM keeps every layer's activations for the backward pass: {name} needs about "
+                f"{format_bytes(b)} per LR pixel per path point, so {e.pixels:,} pixels x "
+                f"{format_bytes(b)} x batch {n} = {format_bytes(e.pixels * b * n)}")
+    else:
+        cost = ("LAM keeps every layer's activations for the backward pass (10-60 kB per LR pixel "
+                "per path point for typical SR networks)")
+    return _too_large(e, cost, "crop the LR image around the window (LAM only looks at its "
+                      "neighbourhood) or downscale it")
+
+
+def _load_lam_image(path: Path, mode: str, max_pixels: int | None,
+                    models: Sequence[tuple[str, Any]], batch: int | None) -> Any:
     """``load_image`` with the exit codes of ``lamcam lam``: 2 for a file that is not an image
-    at all (or a directory), 1 for an image that cannot be read (missing, corrupt, truncated)."""
-    from lamcam.io import ImageLoadError, load_image
+    at all (or a directory), 1 for an image that cannot be read (missing, corrupt, truncated,
+    decompression bomb, NaN pixels) or is larger than ``--max-pixels``."""
+    from lamcam.io import ImageLoadError, ImageTooLargeError, load_image
 
     try:
-        return load_image(path, mode=mode)
+        return load_image(path, mode=mode, max_pixels=max_pixels)
+    except ImageTooLargeError as e:
+        raise CliError(_lam_too_large(e, models, batch), EXIT_PARTIAL) from e
     except ImageLoadError as e:
         not_image = e.reason.startswith(("not a recognised image format", "it is a directory"))
-        raise CliError(str(e), EXIT_USAGE if not_image else EXIT_PARTIAL) from None
+        raise CliError(str(e), EXIT_USAGE if not_image else EXIT_PARTIAL) from e
 
 
 def _run_lam(args: argparse.Namespace) -> int:
     import json
     import time
 
-    import numpy as np
-
+    from lamcam._files import figure_bytes, npy_bytes
     from lamcam.io import ensure_writable_dir
     from lamcam.lam import LAM
 
@@ -500,19 +729,20 @@ def _run_lam(args: argparse.Namespace) -> int:
             raise CliError("--models is empty")
     else:
         specs = [args.model]
+    max_pixels = _max_pixels(args.max_pixels)
     out_dir = ensure_writable_dir(args.out)  # fail before any work
 
     image_path = Path(args.image)
     stem = image_path.stem
     names = _lam_model_names(specs)
+    models = [(name, _load_model(spec, args.arch)) for spec, name in zip(specs, names, strict=True)]
     images: dict[str, Any] = {}
     plans: list[tuple[str, str, Any, Any]] = []  # (name, spec, LAM, image)
-    for spec, name in zip(specs, names, strict=True):
-        model = _load_model(spec, args.arch)
+    for spec, (name, model) in zip(specs, models, strict=True):
         meta = _model_meta(model)
         mode = _input_mode(meta)
-        if mode not in images:
-            images[mode] = _load_lam_image(image_path, mode)
+        if mode not in images:  # the size is checked from the header, before decoding
+            images[mode] = _load_lam_image(image_path, mode, max_pixels, models, args.batch_size)
         input_range = args.input_range or float(meta.get("input_range", 1.0))
         lam = LAM(model, sigma=args.sigma, kernel_size=args.kernel_size, steps=args.steps,
                   quadrature=args.quadrature, objective=args.objective,
@@ -527,42 +757,52 @@ def _run_lam(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise CliError(f"{name}: {' '.join(str(e).split())}") from None
 
+    def json_bytes(obj: Any) -> bytes:
+        return (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8")
+
+    outputs = _Outputs(out_dir, inputs=[image_path])
     results: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
-    for name, spec, lam, x in plans:
-        t0 = time.perf_counter()
-        try:
-            r = lam(x, args.row, args.col, args.window, coords=args.coords)
-        except ValueError as e:
-            prefix = f"{name}: " if len(plans) > 1 else ""
-            raise CliError(prefix + " ".join(str(e).split())) from None
-        seconds = time.perf_counter() - t0
-        base = out_dir / f"{stem}_{name}_lam"
-        png = base.with_suffix(".png")
-        r.figure(path=png, title=f"{name}  ·  {image_path.name}")
-        np.save(base.with_suffix(".npy"), r.attribution.detach().cpu().float().numpy())
-        np.save(out_dir / f"{stem}_{name}_lam_map.npy", r.map.detach().cpu().float().numpy())
-        record = {"model": name, "model_spec": spec, "image": str(image_path),
-                  "seconds": round(seconds, 3), **r.to_dict()}
-        base.with_suffix(".json").write_text(json.dumps(_jsonable(record), indent=2) + "\n",
-                                             encoding="utf-8")
-        results[name] = r
-        records.append(record)
-        n_px = r.map.numel()
-        ce = r.completeness_error
-        ce_txt = f"{100 * ce:.2g} %" if ce == ce else "n/a"
-        print(f"{image_path}: {name}: DI {r.diffusion_index:.2f}, pixels95 {r.pixels95}/{n_px}, "
-              f"completeness error {ce_txt}, {seconds:.1f} s -> {png}", flush=True)
+    try:
+        for name, spec, lam, x in plans:
+            t0 = time.perf_counter()
+            try:
+                r = lam(x, args.row, args.col, args.window, coords=args.coords)
+            except ValueError as e:
+                prefix = f"{name}: " if len(plans) > 1 else ""
+                raise CliError(prefix + " ".join(str(e).split())) from e
+            seconds = time.perf_counter() - t0
+            record = {"model": name, "model_spec": spec, "image": str(image_path),
+                      "seconds": round(seconds, 3), **r.to_dict()}
+            fig = r.figure(title=f"{name}  ·  {image_path.name}")
+            base = f"{stem}_{name}_lam"
+            written = outputs.write({  # everything rendered first, then written atomically
+                f"{base}.png": figure_bytes(fig, dpi=fig.dpi, facecolor="white"),
+                f"{base}.npy": npy_bytes(r.attribution.detach().cpu().float().numpy()),
+                f"{base}_map.npy": npy_bytes(r.map.detach().cpu().float().numpy()),
+                f"{base}.json": json_bytes(record),
+            })
+            results[name] = r
+            records.append(record)
+            n_px = r.map.numel()
+            ce = r.completeness_error
+            ce_txt = f"{100 * ce:.2g} %" if ce == ce else "n/a"
+            print(f"{image_path}: {name}: DI {r.diffusion_index:.2f}, pixels95 {r.pixels95}/"
+                  f"{n_px}, completeness error {ce_txt}, {seconds:.1f} s -> {written[0]}",
+                  flush=True)
 
-    if len(results) > 1:
-        from lamcam.viz.lam import lam_comparison_figure
+        if len(results) > 1:
+            from lamcam.viz.lam import lam_comparison_figure
 
-        png = out_dir / f"{stem}_lam_comparison.png"
-        lam_comparison_figure(results, png, title=f"LAM across models  ·  {image_path.name}")
-        summary = {"image": str(image_path), "models": records}
-        (out_dir / f"{stem}_lam_comparison.json").write_text(
-            json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
-        print(f"{image_path}: comparison of {len(results)} models -> {png}", flush=True)
+            fig = lam_comparison_figure(results, title=f"LAM across models  ·  {image_path.name}")
+            summary = {"image": str(image_path), "models": records}
+            written = outputs.write({
+                f"{stem}_lam_comparison.png": figure_bytes(fig, dpi=fig.dpi, facecolor="white"),
+                f"{stem}_lam_comparison.json": json_bytes(summary),
+            })
+            print(f"{image_path}: comparison of {len(results)} models -> {written[0]}", flush=True)
+    finally:
+        outputs.report()
     return EXIT_OK
 
 
@@ -619,9 +859,33 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise CliError("--models is empty")
     if args.max_images is not None and args.max_images < 1:
         raise CliError(f"--max-images must be positive, got {args.max_images}")
-    summary = run_demo(out_dir, models=models, max_images=args.max_images, lam=not args.no_lam)
+    before = _file_ids(out_dir)
+    try:
+        summary = run_demo(out_dir, models=models, max_images=args.max_images,
+                           lam=not args.no_lam)
+    finally:
+        after = _file_ids(out_dir)
+        replaced = sorted(p for p, fid in before.items() if p in after and after[p] != fid)
+        if replaced:
+            n = len(replaced)
+            shown = ", ".join(replaced[:4]) + (f" and {n - 4} more" if n > 4 else "")
+            _note(f"replaced {n} existing output file(s) in {out_dir}: {shown}")
     print(summary.format())
     return EXIT_OK
+
+
+def _file_ids(root: Path) -> dict[str, tuple[int, int, int]]:
+    """``{relative path: (inode, size, mtime)}`` of the files under ``root``; every lamcam
+    writer replaces a file by renaming a new one over it, so a replaced file changes inode."""
+    ids = {}
+    for p in root.rglob("*"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.is_file():
+            ids[p.relative_to(root).as_posix()] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,6 +941,7 @@ def _add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per call (default 16)")
     p.add_argument("--out", default="lamcam-eval", metavar="DIR",
                    help="output directory (default: lamcam-eval)")
+    _add_max_pixels(p, CAM_MAX_PIXELS, "decoding takes about 30 bytes per pixel")
     p.set_defaults(func=_run_eval)
 
 
@@ -712,7 +977,7 @@ def _instance_masks(path: Path, hw: tuple[int, int]) -> Any:
     try:
         with Image.open(mp) as im:
             a = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I", "I;16") else im)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: Pillow's guards against oversized chunks
         raise CliError(f"cannot read mask {mp}: {e}") from e
     if a.ndim != 2:
         raise CliError(f"mask {mp} must be a single-channel label image")
@@ -747,6 +1012,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         bad = [g for g in groups if g not in _EVAL_GROUPS]
         if bad or not groups:
             raise CliError(f"unknown metric group(s) {bad}; choose from {', '.join(_EVAL_GROUPS)}")
+    max_pixels = _max_pixels(args.max_pixels)
     out_dir = ensure_writable_dir(args.out)
 
     model = _load_model(args.model, args.arch)
@@ -772,10 +1038,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         xs, kept = [], []
         for path in paths:
             try:
-                xs.append(load_image(path, mode=_input_mode(meta), size=hw))
+                xs.append(load_image(path, mode=_input_mode(meta), size=hw, max_pixels=max_pixels))
                 kept.append(path)
             except ImageLoadError as e:
-                _err(f"{e} (skipped)")
+                _err(f"{_load_error_text(e)} (skipped)")
                 failed.append(str(path))
         if not xs:
             raise CliError("none of the images could be read", EXIT_PARTIAL)

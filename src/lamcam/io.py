@@ -5,7 +5,13 @@ Everything that enters lamcam from disk goes through :func:`load_image`, which a
 the data (alpha compositing, palette expansion, grayscale replication, CMYK conversion, 16-bit
 rescaling, resizing, ...) is announced with a :class:`UserWarning` so that nothing happens
 silently. Files that cannot be read raise :class:`ImageLoadError` (a :class:`ValueError`) naming
-the file, the reason and what to do about it.
+the file, the reason and what to do about it, with the original exception chained: missing,
+empty, truncated or corrupt files, decompression bombs (a pixel count above Pillow's
+``Image.MAX_IMAGE_PIXELS``, or a PNG text/ICC-profile chunk that inflates beyond Pillow's limit),
+NaN or infinite pixels in floating-point images, and -- with ``max_pixels`` -- images too large
+for the job (:class:`ImageTooLargeError`, decided from the header before any pixel is decoded).
+
+Files are written atomically (:mod:`lamcam._files`): never half-written under the final name.
 
 Example:
     >>> import tempfile, pathlib, torch
@@ -36,6 +42,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "ImageLoadError",
+    "ImageTooLargeError",
     "OutputDirError",
     "load_image",
     "save_image",
@@ -60,6 +67,49 @@ class ImageLoadError(ValueError):
         super().__init__(msg)
 
 
+#: Peak memory of :func:`load_image` per pixel (measured: about 30 bytes for an 8-bit RGB image:
+#: Pillow's 4-byte pixels, the float32 (H, W, 3) array and its (3, H, W) copy).
+DECODE_BYTES_PER_PIXEL = 30
+
+
+def format_bytes(n: float) -> str:
+    """``1.5e9`` -> ``"1.5 GB"`` (decimal units).
+
+    Example:
+        >>> format_bytes(34.6e9), format_bytes(512), format_bytes(2.5e12)
+        ('34.6 GB', '512 B', '2.5 TB')
+    """
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= f:
+            return f"{n / f:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+class ImageTooLargeError(ImageLoadError):
+    """The image has more pixels than allowed (``max_pixels``); found from the header alone.
+
+    Attributes ``width``, ``height``, ``pixels`` and ``limit`` give the numbers, so that callers
+    (the command line) can explain the memory the job would need and how to raise the limit.
+    """
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], limit: int,
+                 hint: str = "") -> None:
+        self.width, self.height = int(size[0]), int(size[1])
+        self.pixels = self.width * self.height
+        self.limit = int(limit)
+        reason = (
+            f"{self.width}x{self.height} pixels ({self.pixels:,}) is more than the limit of "
+            f"{self.limit:,} pixels (decoding alone would take about "
+            f"{format_bytes(self.pixels * DECODE_BYTES_PER_PIXEL)}: "
+            f"{DECODE_BYTES_PER_PIXEL} bytes per pixel)"
+        )
+        hint = hint or (
+            "crop or downscale it, or raise the limit (load_image(..., "
+            f"max_pixels={self.pixels}) or more)"
+        )
+        super().__init__(path, reason, hint)
+
+
 class OutputDirError(OSError):
     """An output directory could not be created or is not writable."""
 
@@ -68,7 +118,32 @@ class OutputDirError(OSError):
 # loading
 # --------------------------------------------------------------------------------------------
 
-_BOMB_HINT = "downscale it first"
+_BOMB_HINT = (
+    "if the file is trusted and really that large, downscale it first (or raise "
+    "PIL.Image.MAX_IMAGE_PIXELS); otherwise it may be a decompression bomb: do not use it"
+)
+_CHUNK_HINT = (
+    "it may be a decompression bomb; re-save only the pixels (dropping the metadata), or if the "
+    "file is trusted raise PIL.PngImagePlugin.MAX_TEXT_CHUNK / MAX_TEXT_MEMORY"
+)
+
+
+def _chunk_bomb(e: ValueError) -> bool:
+    """Pillow's PNG text/iCCP chunk guards raise plain ValueErrors with these messages."""
+    msg = str(e).lower()
+    return "decompressed data too large" in msg or "too much memory used in text chunks" in msg
+
+
+def _bomb_error(path: Path, e: BaseException) -> ImageLoadError:
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageLoadError(path, f"image is implausibly large ({e})", _BOMB_HINT)
+    from PIL import PngImagePlugin
+
+    limit = getattr(PngImagePlugin, "MAX_TEXT_CHUNK", None)
+    what = f" (more than {format_bytes(limit)})" if isinstance(limit, int) else ""
+    return ImageLoadError(
+        path, f"a compressed metadata chunk (text or ICC profile) inflates too much{what}: {e}",
+        _CHUNK_HINT)
 
 
 def _warn(path: Path, what: str) -> None:
@@ -116,8 +191,10 @@ def _sniff_format(path: Path) -> str | None:
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` (first frame), turning every failure into ImageLoadError."""
+def _open_checked(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode ``path`` (first frame), turning every failure into ImageLoadError.
+
+    With ``max_pixels``, the size is checked from the header before anything is decoded."""
     if not path.exists():
         raise ImageLoadError(path, "file does not exist", "check the path and spelling")
     if path.is_dir():
@@ -125,30 +202,41 @@ def _open_checked(path: Path) -> Image.Image:
     try:
         n_bytes = path.stat().st_size
     except OSError as e:
-        raise ImageLoadError(path, f"cannot stat file: {e.strerror or e}") from None
+        raise ImageLoadError(path, f"cannot stat file: {e.strerror or e}") from e
     if n_bytes == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)", "re-export or re-download it")
     try:
-        img = Image.open(path)
-    except UnidentifiedImageError:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # our own limit, checked below, replaces Pillow's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except UnidentifiedImageError as e:
         kind = _sniff_format(path)
         if kind is not None:
             raise ImageLoadError(
                 path,
                 f"starts like a {kind} file but is truncated or corrupt",
                 "re-export or re-download the image",
-            ) from None
+            ) from e
         raise ImageLoadError(
             path,
             "not a recognised image format",
             "expected PNG, JPEG, BMP, TIFF, GIF, WebP...; check that it really is an image",
-        ) from None
+        ) from e
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(path, f"image is implausibly large ({e})", _BOMB_HINT) from None
-    except PermissionError:
-        raise ImageLoadError(path, "permission denied", "check the file permissions") from None
+        raise _bomb_error(path, e) from e
+    except PermissionError as e:
+        raise ImageLoadError(path, "permission denied", "check the file permissions") from e
     except OSError as e:
-        raise ImageLoadError(path, f"cannot open file: {e}") from None
+        raise ImageLoadError(path, f"cannot open file: {e}") from e
+    except ValueError as e:  # Pillow's guards against oversized PNG chunks, broken headers
+        if _chunk_bomb(e):
+            raise _bomb_error(path, e) from e
+        raise ImageLoadError(path, f"file is corrupt or could not be decoded ({e})",
+                             "re-export or re-download the image") from e
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        img.close()
+        raise ImageTooLargeError(path, img.size, max_pixels)
     try:
         _load_pixels(img, path)
     except BaseException:
@@ -165,14 +253,16 @@ def _load_pixels(img: Image.Image, path: Path) -> None:
     try:
         img.load()
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(path, f"image is implausibly large ({e})", _BOMB_HINT) from None
+        raise _bomb_error(path, e) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, ValueError) and _chunk_bomb(e):  # a text chunk after the pixel data
+            raise _bomb_error(path, e) from e
         reason = str(e) or type(e).__name__
         if "truncated" in reason.lower() or isinstance(e, EOFError):
             reason = f"file is truncated or corrupt ({reason})"
         else:
             reason = f"file is corrupt or could not be decoded ({reason})"
-        raise ImageLoadError(path, reason, "re-export or re-download the image") from None
+        raise ImageLoadError(path, reason, "re-export or re-download the image") from e
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -218,6 +308,17 @@ def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
         return np.clip(arr / scale, 0.0, 1.0).astype(np.float32)[..., None]
     if mode == "F":
         arr = np.asarray(img).astype(np.float32)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(arr.size - finite.sum()) - n_nan
+            raise ImageLoadError(
+                path,
+                f"floating-point image has {n_nan} NaN and {n_inf} infinite pixel(s) "
+                f"out of {arr.size}",
+                "lamcam does not guess missing values: replace them (e.g. numpy.nan_to_num or an "
+                "inpainting of your choice) and save the image again",
+            )
         if arr.size and (arr.min() < 0 or arr.max() > 1):
             _warn(path, "floating-point image has values outside [0, 1]; clipped")
         else:
@@ -257,7 +358,7 @@ def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
         try:
             img = img.convert("RGB")
         except (ValueError, OSError) as e:
-            raise ImageLoadError(path, f"unsupported pixel mode {mode!r} ({e})") from None
+            raise ImageLoadError(path, f"unsupported pixel mode {mode!r} ({e})") from e
         _warn(path, f"{mode} image converted to RGB")
     arr = np.asarray(img).astype(np.float32) / 255.0
     if arr.ndim == 2:
@@ -270,6 +371,7 @@ def load_image(
     *,
     mode: str = "RGB",
     size: int | Sequence[int] | None = None,
+    max_pixels: int | None = None,
 ) -> torch.Tensor:
     """Load an image file as a ``float32`` tensor of shape ``(C, H, W)`` in ``[0, 1]``.
 
@@ -278,15 +380,22 @@ def load_image(
         mode: ``"RGB"`` (``C == 3``) or ``"L"`` (``C == 1``, ITU-R 601-2 luma).
         size: if given, resize to ``(size, size)`` (int) or ``(h, w)`` with bilinear
             interpolation (antialiased when shrinking). A warning says that it resized.
+        max_pixels: refuse images with more pixels (width x height) than this, from the file's
+            header, before decoding anything (:class:`ImageTooLargeError`; decoding takes about
+            :data:`DECODE_BYTES_PER_PIXEL` bytes per pixel). ``None``: only Pillow's
+            decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) applies. A limit above
+            twice Pillow's also needs ``PIL.Image.MAX_IMAGE_PIXELS`` raised.
 
     Returns:
         Tensor ``(C, H, W)``, ``float32``, values in ``[0, 1]``. 8-bit images give exactly
         ``value / 255``; 16-bit images ``value / 65535``.
 
     Raises:
-        ImageLoadError: missing, empty, truncated, corrupt or non-image file (the message names
-            the file, the reason and what to do).
-        ValueError: invalid ``mode`` or ``size``.
+        ImageLoadError: missing, empty, truncated, corrupt or non-image file, decompression
+            bomb, NaN/inf pixels (the message names the file, the reason and what to do; the
+            underlying exception is chained as ``__cause__``).
+        ImageTooLargeError: more than ``max_pixels`` pixels (an :class:`ImageLoadError`).
+        ValueError: invalid ``mode``, ``size`` or ``max_pixels``.
 
     Warns:
         UserWarning: whenever the data are converted: palette expanded, alpha composited on white,
@@ -307,8 +416,10 @@ def load_image(
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     target_hw = _parse_size(size)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or int(max_pixels) < 1):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
     path = Path(path)
-    with _open_checked(path) as img:
+    with _open_checked(path, None if max_pixels is None else int(max_pixels)) as img:
         if img.format == "PNG" and img.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
             _warn(path, f"16-bit {img.mode} PNG reduced to 8 bits per channel by the decoder")
         img = _apply_exif_orientation(img, path)
@@ -317,7 +428,7 @@ def load_image(
         except (OSError, ValueError) as e:
             if isinstance(e, ImageLoadError):
                 raise
-            raise ImageLoadError(path, f"could not decode pixels ({e})", "re-export it") from None
+            raise ImageLoadError(path, f"could not decode pixels ({e})", "re-export it") from e
     channels = arr.shape[-1]
     if mode == "RGB" and channels == 1:
         _warn(path, "grayscale image replicated to 3 channels for an RGB model")
@@ -369,7 +480,8 @@ def save_image(image: torch.Tensor | np.ndarray | Image.Image, path: str | os.Pa
         image: tensor ``(C, H, W)`` or ``(H, W)`` in ``[0, 1]`` (C in 1, 3, 4), a float array
             ``(H, W, C)`` in ``[0, 1]``, a ``uint8`` array, or a PIL image. Values are clipped
             and rounded to 8 bits, so ``load_image(save_image(x, p))`` is exact for ``x = k/255``.
-        path: destination file; missing parent directories are created.
+        path: destination file; missing parent directories are created. Written atomically
+            (a temporary file renamed over ``path``): never left half-written.
 
     Returns:
         The path written, as a :class:`~pathlib.Path`.
@@ -381,12 +493,12 @@ def save_image(image: torch.Tensor | np.ndarray | Image.Image, path: str | os.Pa
         True
     """
     path = Path(path)
+    from lamcam._files import atomic_save_image
+
     pil = image if isinstance(image, Image.Image) else _tensor_to_pil(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".jpg", ".jpeg") and pil.mode not in ("RGB", "L"):
         pil = pil.convert("RGB")
-    pil.save(path)
-    return path
+    return atomic_save_image(path, pil)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -417,11 +529,11 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         reason = e.strerror or str(e)
-        raise OutputDirError(f"cannot create output directory '{path}': {reason}") from None
+        raise OutputDirError(f"cannot create output directory '{path}': {reason}") from e
     try:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".lamcam-write-test-"):
             pass
     except OSError as e:
         reason = e.strerror or str(e)
-        raise OutputDirError(f"output directory '{path}' is not writable: {reason}") from None
+        raise OutputDirError(f"output directory '{path}' is not writable: {reason}") from e
     return path

@@ -383,11 +383,12 @@ def _panel_geometry(result: LAMResult, panel_size: float) -> tuple[float, float]
 
 
 def _save(fig: Figure, path: str | os.PathLike | None, dpi: int) -> None:
+    """Save ``fig`` as a PNG atomically (a temporary file renamed over ``path``)."""
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+    from lamcam._files import atomic_save_figure
+
+    atomic_save_figure(Path(path), fig, dpi=dpi, format="png", facecolor="white")
 
 
 def lam_figure(

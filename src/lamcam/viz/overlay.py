@@ -310,7 +310,7 @@ def methods_figure(
             ``(C, H, W)`` drawn with :func:`gradient_image`), ``"heatmap"`` (map alone) or
             ``"image"`` (anything :func:`to_pil` accepts, drawn as is).
         title: figure title (e.g. model, file, prediction). Newlines allowed.
-        path: if given, save a PNG there (parent directories are created).
+        path: if given, save a PNG there (parent directories are created; written atomically).
         image_title: title of the input panel (e.g. ``"input\\ntrue: circle"``).
         alpha, cmap: overlay settings for ``"cam"`` / ``"heatmap"`` panels.
         ncols: panels per row (default: all in one row).
@@ -402,8 +402,8 @@ def methods_figure(
         cb = fig.colorbar(sm, cax=cax, ticks=[0.0, 0.5, 1.0])
         cb.ax.tick_params(labelsize=7, length=2)
         cb.outline.set_linewidth(0.5)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+    if path is not None:  # atomically: never a half-written PNG under the final name
+        from lamcam._files import atomic_save_figure
+
+        atomic_save_figure(Path(path), fig, dpi=dpi, format="png", facecolor="white")
     return fig

@@ -34,6 +34,8 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from lamcam._files import atomic_save_image, atomic_write_text
+
 __all__ = ["ReportImage", "Section", "write_index_html"]
 
 
@@ -165,8 +167,7 @@ def _thumbnail(out_dir: Path, rel: str, width: int) -> str:
     digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", Path(rel).stem)[:60]
     name = f"thumbs/{stem}-{digest}.png"
-    (out_dir / "thumbs").mkdir(exist_ok=True)
-    small.save(out_dir / name, optimize=True)
+    atomic_save_image(out_dir / name, small, optimize=True)
     return name
 
 
@@ -271,8 +272,4 @@ def write_index_html(
             parts.append("</div>")
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
-    path = out / filename
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / filename, "\n".join(parts))

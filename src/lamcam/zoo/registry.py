@@ -15,6 +15,19 @@ later model families, e.g. super-resolution networks, add their lines there):
 ``torch.load(weights_only=True)`` only -- never unpickling arbitrary objects. State dicts that
 no registered architecture recognises go to spandrel, if installed
 (:mod:`lamcam.zoo.spandrel_compat`).
+
+A checkpoint is data from anywhere, so nothing in it is trusted before it is checked:
+
+* its tensors hold at most :data:`MAX_MODEL_ELEMENTS` elements in all, and a ``.pth`` zip does
+  not inflate beyond :data:`MAX_PTH_INFLATION` times its size (checked from the zip directory
+  before ``torch.load``);
+* a config read from the metadata or inferred from tensor shapes must be plain data without
+  negative sizes (and without zero sizes when inferred);
+* an architecture is first built on the ``meta`` device (no memory), under a guard that stops
+  the construction as soon as it registers far more modules/tensors than the checkpoint holds
+  (:data:`BUILD_REGISTRATIONS_PER_TENSOR`) or more than :data:`MAX_MODEL_ELEMENTS` elements;
+  its keys and shapes are compared with the checkpoint, and only then is it built on the CPU;
+* every failure on the way is a :class:`ZooError` naming the file (the cause chained).
 """
 
 from __future__ import annotations
@@ -23,7 +36,10 @@ import contextlib
 import difflib
 import importlib.resources
 import json
+import math
 import os
+import threading
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +67,24 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+#: Largest model :func:`load` builds, and largest checkpoint it accepts, in parameter + buffer
+#: elements: 2**30, about 1.07 billion (4 GiB as float32), ~2,500x lamcam's largest shipped
+#: model and far above the image-restoration networks spandrel loads (tens of millions). Set
+#: ``lamcam.zoo.registry.MAX_MODEL_ELEMENTS`` higher to load larger models on purpose.
+MAX_MODEL_ELEMENTS = 2**30
+
+#: While an architecture is built for a checkpoint of ``n`` tensors, the construction is stopped
+#: once it has registered more than ``BUILD_REGISTRATIONS_PER_TENSOR * n`` +
+#: ``BUILD_REGISTRATION_SLACK`` modules, parameters and buffers: such a model cannot match the
+#: checkpoint's state dict (lamcam's models register 1.5 to 2.5 per state-dict tensor). This
+#: stops a config such as ``blocks=20000`` long before the construction itself becomes costly.
+BUILD_REGISTRATIONS_PER_TENSOR = 8
+BUILD_REGISTRATION_SLACK = 1024
+
+#: ``torch.save`` stores zip entries uncompressed; a ``.pth`` whose entries inflate to more than
+#: this many times the file size (a zip bomb) is refused before ``torch.load`` reads it.
+MAX_PTH_INFLATION = 4
 
 
 class ZooError(ValueError):
@@ -204,12 +238,19 @@ def _parse_meta(raw: Mapping[str, Any]) -> dict[str, Any]:
                     v = float(v)
                 elif k == "receptive_field":  # LR pixels, or "global"
                     v = int(v) if v.strip().isdigit() else v
-            except ValueError:
+            except (ValueError, RecursionError):  # malformed, or a JSON recursion bomb
                 if k == "classes":  # tolerate "a,b,c"
                     v = [c.strip() for c in v.split(",") if c.strip()]
         out[k] = v
-    if "classes" in out and out["classes"] is not None:
-        out["classes"] = [str(c) for c in out["classes"]]
+    classes = out.get("classes")
+    if isinstance(classes, str):  # e.g. '"a,b"' decoded to a str
+        out["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
+    elif isinstance(classes, list | tuple) and all(
+        isinstance(c, str | int | float) for c in classes
+    ):
+        out["classes"] = [str(c) for c in classes]
+    elif classes is not None:  # a number, an object, nested lists: not class names
+        del out["classes"]
     return out
 
 
@@ -284,7 +325,26 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return _safetensors.load_file(path), _safetensors.read_metadata(path)
 
 
+def _check_zip_inflation(path: Path) -> None:
+    """Refuse a zip ``.pth`` whose entries inflate far beyond the file (reads its directory)."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy (non-zip) torch.save format: torch reads it as it is
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except Exception as e:  # noqa: BLE001 - a zip directory Python cannot read: refuse it
+        raise ZooError(f"its zip directory is unreadable ({type(e).__name__}: {e})") from e
+    size = path.stat().st_size
+    if declared > MAX_PTH_INFLATION * size + 2**20:
+        raise ZooError(
+            f"its zip entries inflate to {declared:,} bytes from a {size:,}-byte file (more than "
+            f"MAX_PTH_INFLATION = {MAX_PTH_INFLATION}x; torch.save never compresses): refused as "
+            "a zip bomb; re-save the state dict with torch.save or as .safetensors"
+        )
+
+
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    _check_zip_inflation(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, Mapping):
         raise ZooError(f"torch.load gave a {type(obj).__name__}, not a dict / state dict")
@@ -299,6 +359,9 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if isinstance(obj.get(key), Mapping):
             state = obj[key]
             break
+    keys = [k for k in state if not isinstance(k, str)]
+    if keys:
+        raise ZooError(f"not a state dict: {len(keys)} keys are not str (e.g. {keys[:3]!r})")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ZooError(
@@ -309,6 +372,12 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state, meta
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of ``str(e)``, or a placeholder for an empty message."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -324,7 +393,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         try:
             return fn(path)
         except Exception as e:  # noqa: BLE001 - every failure is reported below
-            errors.append(f"  - {label}: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+            errors.append(f"  - {label}: {type(e).__name__}: {_first_line(e)}")
     raise ZooError(
         f"cannot read checkpoint {path}: it is corrupt or not a supported format. Tried:\n"
         + "\n".join(errors)
@@ -349,17 +418,169 @@ def _defaults(spec: ArchSpec) -> dict[str, Any]:
     return meta
 
 
+class _BuildLimit(Exception):
+    """Raised inside a model's construction by :func:`_build_guard`."""
+
+
+_REGISTRATION_HOOKS = tuple(
+    getattr(torch.nn.modules.module, f"register_module_{kind}_registration_hook", None)
+    for kind in ("module", "parameter", "buffer")
+)
+
+
+@contextlib.contextmanager
+def _build_guard(n_tensors: int) -> Iterator[None]:
+    """Stop a model construction in this thread that cannot fit a checkpoint of ``n_tensors``.
+
+    Global registration hooks count the modules, parameters and buffers the construction
+    registers, and the elements of the parameters and buffers. :class:`_BuildLimit` is raised
+    (from inside the constructor, before the next tensor is initialised) once the count exceeds
+    ``BUILD_REGISTRATIONS_PER_TENSOR * n_tensors + BUILD_REGISTRATION_SLACK`` or the elements
+    exceed :data:`MAX_MODEL_ELEMENTS`. Other threads' constructions are not counted.
+    """
+    owner = threading.get_ident()
+    limit = BUILD_REGISTRATIONS_PER_TENSOR * n_tensors + BUILD_REGISTRATION_SLACK
+    max_elements = MAX_MODEL_ELEMENTS
+    count = elements = 0
+
+    def _add(numel: int) -> None:
+        nonlocal count, elements
+        if threading.get_ident() != owner:
+            return
+        count += 1
+        elements += numel
+        if count > limit:
+            raise _BuildLimit(
+                f"its construction registered more than {limit:,} modules, parameters and "
+                f"buffers, but the checkpoint holds only {n_tensors:,} tensors, so they cannot "
+                "match (limit: BUILD_REGISTRATIONS_PER_TENSOR * tensors + "
+                "BUILD_REGISTRATION_SLACK)"
+            )
+        if elements > max_elements:
+            raise _BuildLimit(
+                f"the model needs more than MAX_MODEL_ELEMENTS = {max_elements:,} parameter and "
+                "buffer elements; raise lamcam.zoo.registry.MAX_MODEL_ELEMENTS to build it "
+                "on purpose"
+            )
+
+    def on_module(module: nn.Module, name: str, sub: Any) -> None:
+        _add(0)
+
+    def on_tensor(module: nn.Module, name: str, t: Any) -> None:
+        _add(t.numel() if isinstance(t, torch.Tensor) else 0)
+
+    hooks = (on_module, on_tensor, on_tensor)
+    handles = [
+        register(hook)
+        for register, hook in zip(_REGISTRATION_HOOKS, hooks, strict=True)
+        if register is not None
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _state_elements(state: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in state.values())
+
+
+def _model_elements(model: nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+
+
+def _check_state_size(state: Mapping[str, torch.Tensor], src: str) -> None:
+    """Refuse a checkpoint of more than :data:`MAX_MODEL_ELEMENTS` elements before any build."""
+    n = _state_elements(state)
+    if n > MAX_MODEL_ELEMENTS:
+        raise ZooError(
+            f"{src} holds {n:,} tensor elements, more than MAX_MODEL_ELEMENTS = "
+            f"{MAX_MODEL_ELEMENTS:,}: refused before building anything. If this model is "
+            "meant to be that large, raise lamcam.zoo.registry.MAX_MODEL_ELEMENTS."
+        )
+
+
+def _config_problem(config: Any, *, inferred: bool) -> str | None:
+    """Why ``config`` may not be passed to a builder, or None if it may.
+
+    A config is a mapping str -> plain JSON-like values (None, bool, int, float, str and lists
+    or mappings of them, nested at most 8 levels). Negative ints and non-finite floats are
+    refused everywhere; zero ints too in a config inferred from tensor shapes, where a zero
+    size can only come from an empty or lying tensor.
+    """
+    if not isinstance(config, Mapping):
+        return f"it is a {type(config).__name__}, not a mapping of keyword arguments"
+    todo: list[tuple[str, Any, int]] = [(repr(k), v, 0) for k, v in config.items()]
+    if any(not isinstance(k, str) for k in config):
+        return "its keys are not all strings"
+    while todo:
+        where, v, depth = todo.pop()
+        if depth > 8:
+            return f"{where} is nested too deeply"
+        if v is None or isinstance(v, bool | str):
+            continue
+        if isinstance(v, int):
+            if v < 0 or (inferred and v == 0):
+                return f"{where} = {v} is not a valid size or count"
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return f"{where} = {v} is not finite"
+        elif isinstance(v, list | tuple):
+            todo.extend((f"{where}[{i}]", x, depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, Mapping):
+            if any(not isinstance(k, str) for k in v):
+                return f"{where} has keys that are not strings"
+            todo.extend((f"{where}[{k!r}]", x, depth + 1) for k, x in v.items())
+        else:
+            return f"{where} is a {type(v).__name__}, not plain data"
+    return None
+
+
+def _construct(
+    spec: ArchSpec, config: Mapping[str, Any], n_tensors: int, *, meta: bool = True
+) -> tuple[nn.Module, bool]:
+    """``(spec.builder(**config), on_meta)``, built under :func:`_build_guard`.
+
+    With ``meta``, the model is built on the meta device (no memory); an architecture whose
+    constructor cannot run there (e.g. it calls ``.item()``) is built on the default device
+    instead, still under the guard. Raises _BuildLimit, or whatever the builder raises.
+    """
+    if meta:
+        try:
+            with _build_guard(n_tensors), torch.device("meta"):
+                return spec.builder(**config), True
+        except _BuildLimit:
+            raise
+        except Exception:  # noqa: BLE001 - retried off the meta device just below
+            pass
+    with _build_guard(n_tensors):
+        return spec.builder(**config), False
+
+
+def _matches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    ref = model.state_dict()
+    return ref.keys() == state.keys() and all(ref[k].shape == state[k].shape for k in ref)
+
+
 def _infer_arch(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The single registered architecture whose state-dict keys and shapes match, if any."""
+    """The single registered architecture whose state-dict keys and shapes match, if any.
+
+    Candidates are built on the meta device under :func:`_build_guard`, so a lying checkpoint
+    costs neither memory nor time here.
+    """
     matches = []
     for spec in _ARCHS.values():
         if spec.infer_config is None:
             continue
         try:
-            ref = spec.builder(**spec.infer_config(state)).state_dict()
+            config = spec.infer_config(state)
+            if _config_problem(config, inferred=True) is not None:
+                continue
+            ref = _construct(spec, config, len(state))[0]
         except Exception:  # noqa: BLE001 - this architecture does not fit
             continue
-        if ref.keys() == state.keys() and all(ref[k].shape == state[k].shape for k in ref):
+        if _matches(ref, state):
             matches.append(spec.name)
     return matches[0] if len(matches) == 1 else None
 
@@ -393,6 +614,94 @@ def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str,
     )
 
 
+_FIX = (
+    "Check that arch= (or the metadata 'arch') names the network these weights were trained "
+    "for, and that the metadata 'config', if any, holds its constructor keyword arguments."
+)
+
+
+def _short(obj: Any, limit: int = 200) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _checked_config(
+    spec: ArchSpec, stored: Any, state: Mapping[str, torch.Tensor], src: str
+) -> dict[str, Any]:
+    """The builder's kwargs: the metadata's ``config`` if it is a mapping, else inferred from
+    the tensor shapes; validated by :func:`_config_problem`. Raises ZooError."""
+    inferred = not isinstance(stored, Mapping)
+    if not inferred:
+        config = stored
+    elif spec.infer_config is None:
+        config = {}
+    else:
+        try:
+            config = spec.infer_config(state)
+        except Exception as e:  # noqa: BLE001 - KeyError, IndexError, ZeroDivisionError, ...
+            raise ZooError(
+                f"cannot infer the config of architecture {spec.name!r} from the tensors of "
+                f"{src} ({type(e).__name__}: {_first_line(e)}): the weights do not look like a "
+                f"{spec.name}. {_FIX}"
+            ) from e
+    problem = _config_problem(config, inferred=inferred)
+    if problem is not None:
+        origin = "inferred from its tensor shapes" if inferred else "stored in its metadata"
+        raise ZooError(
+            f"refusing to build {spec.name!r} for {src}: the config {origin} "
+            f"({_short(config)}) is invalid: {problem}. {_FIX}"
+        )
+    return dict(config)
+
+
+def _build_checked(
+    spec: ArchSpec, config: dict[str, Any], state: Mapping[str, torch.Tensor], src: str
+) -> nn.Module:
+    """Build ``spec`` with ``config`` and load ``state`` into it, checking before allocating.
+
+    1. build on the meta device under :func:`_build_guard` (stops oversized constructions);
+    2. compare its size with :data:`MAX_MODEL_ELEMENTS`, its keys and shapes with ``state``;
+    3. only then build it on the CPU and copy the weights in.
+    Every failure is a ZooError naming ``src``, with the cause chained.
+    """
+    arch = spec.name
+    try:
+        model, on_meta = _construct(spec, config, len(state))
+    except _BuildLimit as e:
+        raise ZooError(
+            f"refusing to build {arch!r} with config {_short(config)} for {src}: {e}. {_FIX}"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - whatever the builder raises, even with no message
+        raise ZooError(
+            f"cannot build {arch!r} with config {_short(config)} from {src}: "
+            f"{type(e).__name__}: {_first_line(e)}. {_FIX}"
+        ) from e
+    n = _model_elements(model)
+    if n > MAX_MODEL_ELEMENTS:  # the guard stops most earlier; this also covers odd builders
+        raise ZooError(
+            f"refusing to build {arch!r} with config {_short(config)} for {src}: it would hold "
+            f"{n:,} parameter and buffer elements, more than MAX_MODEL_ELEMENTS = "
+            f"{MAX_MODEL_ELEMENTS:,} (raise lamcam.zoo.registry.MAX_MODEL_ELEMENTS to build it)"
+        )
+    _check_state(model, state, arch, src)
+    if on_meta:
+        try:
+            model = _construct(spec, config, len(state), meta=False)[0]
+        except Exception as e:  # noqa: BLE001 - it built on meta, so this is unexpected
+            raise ZooError(
+                f"cannot build {arch!r} with config {_short(config)} from {src}: "
+                f"{type(e).__name__}: {_first_line(e)}"
+            ) from e
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - e.g. a dtype that cannot be copied
+        raise ZooError(
+            f"cannot copy the weights of {src} into {arch!r}: {type(e).__name__}: "
+            f"{_first_line(e)}"
+        ) from e
+    return model
+
+
 def _build(
     state: dict[str, torch.Tensor],
     file_meta: Mapping[str, Any],
@@ -402,6 +711,7 @@ def _build(
     base_meta: Mapping[str, Any],
     src: str,
 ) -> nn.Module:
+    _check_state_size(state, src)
     meta = _parse_meta(file_meta)
     arch = arch or meta.get("arch") or _infer_arch(state)
     if arch is None:
@@ -409,22 +719,15 @@ def _build(
             f"cannot tell the architecture of {src}: its metadata has no 'arch' and its keys "
             f"match no registered architecture. Pass arch= one of {list_archs()}."
         )
-    if arch not in _ARCHS:
+    if not isinstance(arch, str) or arch not in _ARCHS:
         raise ZooError(
             f"unknown architecture {arch!r} for {src}. Registered architectures: "
             f"{list_archs()}; pass arch= one of them (or arch='spandrel' for the architectures "
             "spandrel detects), or register yours with lamcam.zoo.register_arch()."
         )
     spec = _ARCHS[arch]
-    config = meta.get("config")
-    if not isinstance(config, Mapping):
-        config = spec.infer_config(state) if spec.infer_config is not None else {}
-    try:
-        model = spec.builder(**config)
-    except Exception as e:
-        raise ZooError(f"cannot build {arch!r} with config {dict(config)} from {src}: {e}") from e
-    _check_state(model, state, arch, src)
-    model.load_state_dict(state)
+    config = _checked_config(spec, meta.get("config"), state, src)
+    model = _build_checked(spec, config, state, src)
     model.eval()
 
     full = _defaults(spec)
@@ -434,7 +737,7 @@ def _build(
     full.update(meta)
     full.update(name=name, arch=arch, config=dict(config), source=src)
     n_out = config.get("num_classes")
-    if spec.task == "classification" and n_out is not None:
+    if spec.task == "classification" and isinstance(n_out, int):
         classes = full.get("classes")
         if not isinstance(classes, list) or len(classes) != n_out:
             full["classes"] = [f"class_{i}" for i in range(n_out)]
@@ -475,10 +778,10 @@ def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Modu
             if not path.is_file():
                 raise _missing_weights(entry, path)
             state, meta = _read_checkpoint(path)
-        return _build(
+        return _no_surprises(str(path), lambda: _build(
             state, meta, arch=arch or entry.arch, name=entry.name, base_meta=entry.meta,
             src=str(path),
-        )
+        ))
     path = Path(name_or_path)
     if not path.exists():
         text = str(name_or_path)
@@ -491,7 +794,26 @@ def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Modu
     if not path.is_file():
         raise ZooError(f"{path} is a directory; pass a .safetensors or .pth file")
     state, meta = _read_checkpoint(path)
-    return _build_or_spandrel(state, meta, arch=arch, name=path.stem, src=str(path))
+    return _no_surprises(
+        str(path), lambda: _build_or_spandrel(state, meta, arch=arch, name=path.stem, src=str(path))
+    )
+
+
+def _no_surprises(src: str, fn: Callable[[], nn.Module]) -> nn.Module:
+    """``fn()``, with any exception that is not already a ZooError turned into one (chained).
+
+    The checks in :func:`_build` name their problems; this is the net under them, so that a
+    checkpoint never surfaces as a bare IndexError, KeyError or RuntimeError.
+    """
+    try:
+        return fn()
+    except ZooError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise ZooError(
+            f"cannot load {src}: {type(e).__name__}: {_first_line(e)}. The checkpoint does not "
+            f"fit what its metadata or tensor shapes announce. {_FIX}"
+        ) from e
 
 
 def _build_or_spandrel(
@@ -510,12 +832,19 @@ def _build_or_spandrel(
     """
     from lamcam.zoo import spandrel_compat as sc
 
+    _check_state_size(state, src)
     if arch == "spandrel":
         try:
-            return sc.load_with_spandrel(state, name=name, source=src)
-        except (sc.SpandrelUnavailable, sc.SpandrelUnsupported) as e:
+            with _build_guard(len(state)):
+                return sc.load_with_spandrel(state, name=name, source=src)
+        except (sc.SpandrelUnavailable, sc.SpandrelUnsupported, _BuildLimit) as e:
             raise ZooError(f"cannot load {src} with spandrel (arch='spandrel'): {e}") from e
     stored = _parse_meta(file_meta).get("arch")
+    if stored is not None and not isinstance(stored, str):
+        raise ZooError(
+            f"the metadata 'arch' of {src} is a {type(stored).__name__}, not an architecture "
+            f"name; pass arch= one of {list_archs()} (or arch='spandrel')."
+        )
     chosen = arch or stored or _infer_arch(state)
     if arch is not None or (chosen is not None and chosen in _ARCHS):
         return _build(state, file_meta, arch=chosen, name=name, base_meta={}, src=src)
@@ -525,11 +854,14 @@ def _build_or_spandrel(
         ours = (f"its keys match none of the registered architectures with key inference "
                 f"({', '.join(n for n in list_archs() if _ARCHS[n].infer_config) or 'none'})")
     try:
-        return sc.load_with_spandrel(state, name=name, source=src, extra_meta=file_meta)
+        with _build_guard(len(state)):
+            return sc.load_with_spandrel(state, name=name, source=src, extra_meta=file_meta)
     except sc.SpandrelUnavailable as e:
         theirs = f"not available ({e})"
-    except sc.SpandrelUnsupported as e:
+    except (sc.SpandrelUnsupported, _BuildLimit) as e:
         theirs = str(e)
+    except Exception as e:  # noqa: BLE001 - spandrel choking on odd keys or shapes
+        theirs = f"failed: {type(e).__name__}: {_first_line(e)}"
     example = ", ".join(list(state)[:4]) + (", ..." if len(state) > 4 else "")
     raise ZooError(
         f"cannot tell the architecture of {src}: pass arch= one of {list_archs()} (or "
@@ -654,6 +986,9 @@ def _register_sr() -> None:
     def range_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         if "sub_mean.weight" not in state:
             return {"norm": False}
+        # values are read below: check the shapes first, so a lying tensor costs nothing
+        if state["sub_mean.weight"].shape != (3, 3, 1, 1) or state["sub_mean.bias"].shape != (3,):
+            raise ValueError("sub_mean is not a 3-channel 1x1 MeanShift")
         # MeanShift: weight = 1/std on the diagonal, bias = -rgb_range * mean / std
         diag = state["sub_mean.weight"].reshape(3, 3).diagonal().double()
         mean = torch.tensor(sr.DIV2K_MEAN, dtype=torch.float64)
