@@ -60,13 +60,19 @@ class ResNet18Like(nn.Module):
 
 
 def floor(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> None:
-    """The least any gradient-based CAM must do: forward, then gradients to the layer."""
+    """The least any gradient-based CAM must do: forward, then gradients to the layer's output.
+
+    Also used by bench_peers.py. With frozen layers before it, the output becomes the leaf.
+    """
     store = []
 
-    def hook(_m, _i, out):  # frozen weights: the layer's output becomes the gradient leaf
-        out = out.detach().requires_grad_(True)
+    def hook(_m, _i, out):
+        if not out.requires_grad:
+            out = out.detach().requires_grad_(True)
+            store.append(out)
+            return out
         store.append(out)
-        return out
+        return None
 
     handle = layer.register_forward_hook(hook)
     try:

@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_cam import floor  # the same floor as bench_cam.py (this folder is on sys.path)
 from torch import Tensor, nn
 
 import lamcam
@@ -143,28 +144,6 @@ def build_models(st: SimpleNamespace, which: list[str]) -> list[Bench]:
 # --------------------------------------------------------------------------------------------
 # The floor and the float64 reference
 # --------------------------------------------------------------------------------------------
-
-
-def floor(model: nn.Module, layer: nn.Module, x: Tensor) -> None:
-    """The least any gradient-based CAM must do: forward, then gradients to the layer's output."""
-    store: list[Tensor] = []
-
-    def hook(_m, _i, out):
-        if not out.requires_grad:  # frozen layers before it: the output becomes a leaf
-            out = out.detach().requires_grad_(True)
-            store.append(out)
-            return out
-        store.append(out)
-        return None
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            score = out.gather(1, out.argmax(1, keepdim=True)).sum()
-            torch.autograd.grad(score, store[0])
-    finally:
-        handle.remove()
 
 
 def reference(b: Bench, x: Tensor, targets: Tensor) -> dict[str, Tensor]:

@@ -1175,7 +1175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - the CLI's job is to turn these into one line
             if debug:
                 traceback.print_exc()
-            msg = " ".join(str(e).split()) or type(e).__name__
+            notes = [n.removeprefix("lamcam: ") for n in getattr(e, "__notes__", [])]
+            msg = " ".join(" ".join([str(e), *(f"({n})" for n in notes)]).split()) or type(e).__name__
             if _is_library_error(e):
                 _err(msg)
                 return EXIT_USAGE
