@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks studies training
 
 # The peers (captum, torchcam, pytorch-grad-cam) for benchmarks/bench_peers.py; grad-cam and
 # torchcam are installed without their declared torchvision (see above).
@@ -49,7 +49,7 @@ bench: $(BENCH_STAMP)
 # The six studies of docs/results.md, one after another (each resumes if interrupted).
 STUDIES := cam_compare sanity lam_zoo distill video caption
 studies: $(STAMP)
-	for s in $(STUDIES); do $(PY) -m lamcam.studies.$$s --threads 1 || exit 1; done
+	for s in $(STUDIES); do $(PY) -m studies.$$s --threads 1 || exit 1; done
 
 clean:
 	rm -rf $(VENV) lamcam-out .pytest_cache .lamcam-studies

@@ -1,4 +1,4 @@
-"""Captioned shapes (lamcam.zoo.captions) and the caption study (lamcam.studies.caption)."""
+"""Captioned shapes (studies.captions) and the caption study (studies.caption)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import lamcam
-from lamcam.zoo.captions import (
+from lamcam.zoo.shapes import CLASSES, sample_rng
+from studies.captions import (
     BOS,
     COLOURS,
     COUNT_WORDS,
@@ -28,7 +29,6 @@ from lamcam.zoo.captions import (
     token_logprob_target,
     tokenize,
 )
-from lamcam.zoo.shapes import CLASSES, sample_rng
 
 SEED = 4343
 
@@ -162,7 +162,7 @@ def test_callable_caption_target_is_the_summed_token_log_probability():
 
 
 def test_phrase_target_depends_only_on_its_tokens():
-    from lamcam.studies.caption import caption_weights, phrase_weights
+    from studies.caption import caption_weights, phrase_weights
 
     d = make_caption_dataset(40, SEED)
     rows = [i for i, s in enumerate(d.samples) if len(s.groups) == 2][:3]
@@ -175,7 +175,7 @@ def test_phrase_target_depends_only_on_its_tokens():
 
 
 def test_study_quick_end_to_end(tmp_path):
-    from lamcam.studies import caption
+    from studies import caption
 
     torch.set_num_threads(1)
     docs = tmp_path / "docs"

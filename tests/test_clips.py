@@ -1,4 +1,4 @@
-"""Tests of lamcam.zoo.clips (moving-shape clips, ClipsC3D) and the video study's smoke run."""
+"""Tests of studies.clips (moving-shape clips, ClipsC3D) and the video study's smoke run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lamcam
-from lamcam.zoo import clips
 from lamcam.zoo.shapes import _SHAPES, CLASSES
+from studies import clips
 
 SEEDS = range(40)
 
@@ -144,7 +144,7 @@ def test_linear_head_gradcam_weights_are_the_fc_row() -> None:
 # the study
 # ------------------------------------------------------------------------------------------
 def test_study_quick_end_to_end(tmp_path) -> None:
-    from lamcam.studies import video
+    from studies import video
 
     torch.set_num_threads(1)
     docs = tmp_path / "docs"

@@ -9,8 +9,8 @@ MODULES = [
     "lamcam", "lamcam.cam", "lamcam.hooks", "lamcam.layout", "lamcam.maps", "lamcam.targets", "lamcam.guided",
     "lamcam.paths", "lamcam.integrate", "lamcam.lam", "lamcam.metrics.diffusion", "lamcam.attribution",
     "lamcam.metrics.faithfulness", "lamcam.metrics.localisation", "lamcam.metrics.sanity",
-    "lamcam.studies._common", "lamcam.evaluation", "lamcam._files", "lamcam.studies.distill",
-    "lamcam.zoo.clips", "lamcam.zoo.captions",
+    "studies._common", "lamcam.evaluation", "lamcam._files", "studies.distill",
+    "studies.clips", "studies.captions",
 ]
 
 

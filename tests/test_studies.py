@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from lamcam.studies import _common as C
+from studies import _common as C
 
 
 def test_resume_and_clean_restart(tmp_path):
@@ -96,13 +96,13 @@ def test_study_arguments(tmp_path):
     assert C.setup_from_args(args) == tmp_path / "quick-docs"
     args = p.parse_args([])
     assert str(C.setup_from_args(args)) == "docs"
-    assert C.command_line("demo", ["--fresh"]) == "python -m lamcam.studies.demo --fresh"
+    assert C.command_line("demo", ["--fresh"]) == "python -m studies.demo --fresh"
 
 
 # ---- pieces of the studies with known answers -----------------------------------------------
 def test_lam_zoo_windows_and_periodicity():
-    from lamcam.studies.lam_zoo import KINDS, periodicity, pick_windows, synthetic_hr
     from lamcam.zoo.shapes import sample_rng
+    from studies.lam_zoo import KINDS, periodicity, pick_windows, synthetic_hr
 
     hr = torch.zeros(3, 96, 96)
     hr[:, 40:44, 20:70] = 1.0  # one bright bar: the windows must sit on its edges
@@ -130,8 +130,8 @@ def test_lam_zoo_windows_and_periodicity():
 
 
 def test_sanity_control_and_balanced_shapes():
-    from lamcam.studies.cam_compare import balanced_shapes
-    from lamcam.studies.sanity import _verdict, sobel_magnitude
+    from studies.cam_compare import balanced_shapes
+    from studies.sanity import _verdict, sobel_magnitude
 
     ramp = torch.arange(8.0).repeat(8, 1).expand(1, 3, 8, 8)  # d/dx = 1 → Sobel 8 inside
     s = sobel_magnitude(ramp)
@@ -148,7 +148,7 @@ def test_sanity_control_and_balanced_shapes():
 def test_quick_study_end_to_end(name, tmp_path):
     import importlib
 
-    mod = importlib.import_module(f"lamcam.studies.{name}")
+    mod = importlib.import_module(f"studies.{name}")
     assert mod.main(["--quick", "--root", str(tmp_path), "--threads", "1"]) == 0
     text = (tmp_path / "quick-docs" / "results.md").read_text()
     assert f"<!-- study:{name}:begin -->" in text and "What it shows" in text

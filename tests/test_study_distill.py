@@ -1,4 +1,4 @@
-"""Tests of the distillation study (lamcam.studies.distill): the explanation loss, its gradient,
+"""Tests of the distillation study (studies.distill): the explanation loss, its gradient,
 and the resumable command."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lamcam.cam import GradCAMPlusPlus
-from lamcam.studies import distill
+from studies import distill
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

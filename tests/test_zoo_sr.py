@@ -22,8 +22,9 @@ from PIL import Image
 
 import lamcam.zoo as zoo
 from lamcam._safetensors import read_metadata, save_file
-from lamcam.zoo import spandrel_compat, sr, sr_data
+from lamcam.zoo import spandrel_compat, sr
 from lamcam.zoo.spandrel_compat import PadToRequirements
+from training import sr_data
 
 SR_MODELS = ["sr_edsr", "sr_fsrcnn", "sr_rcan", "sr_swinir"]
 ARCH_OF = {"sr_fsrcnn": "FSRCNN", "sr_edsr": "EDSR", "sr_rcan": "RCAN", "sr_swinir": "SwinIRLite"}

@@ -75,6 +75,7 @@ __all__ = [
     "gradcampp_softmax_alpha",
     "gradcampp_softmax_weights",
     "gradcampp_weights",
+    "guided_backprop",
 ]
 
 log = logging.getLogger("lamcam")
@@ -890,6 +891,20 @@ class GuidedGradCAMPlusPlus(GradCAMPlusPlus):
     method = "guided-gradcam++"
     kind = "gradient"
     guided = True
+
+
+def guided_backprop(model: nn.Module, images: Tensor, target=None) -> Tensor:  # noqa: ANN001
+    """The guided input gradient ``(B, C, *spatial)`` of each image's target score.
+
+    A functional shortcut for :class:`lamcam.GuidedBackprop` with one target per image.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> guided_backprop(net, torch.rand(2, 3, 8, 8), target=1).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    return GuidedBackprop(model)(images, target=target).maps
 
 
 METHODS: dict[str, type[BaseCAM]] = {

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["GuidedReLUMode", "guided_backprop"]
+__all__ = ["GuidedReLUMode", "warn_unseen_activations"]
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_INPLACE_FUNCS = {torch.relu_, torch.Tensor.relu_}
@@ -114,19 +114,3 @@ def warn_unseen_activations(model: nn.Module, relu_calls: int) -> None:
             "only, these pass gradients back unguided",
             stacklevel=3,
         )
-
-
-def guided_backprop(model: nn.Module, images: Tensor, target=None) -> Tensor:  # noqa: ANN001
-    """The guided input gradient ``(B, C, *spatial)`` of each image's target score.
-
-    A functional shortcut for :class:`lamcam.GuidedBackprop` with one target per image.
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> guided_backprop(net, torch.rand(2, 3, 8, 8), target=1).shape
-        torch.Size([2, 3, 8, 8])
-    """
-    from lamcam.cam import GuidedBackprop
-
-    return GuidedBackprop(model)(images, target=target).maps

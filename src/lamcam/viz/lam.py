@@ -30,7 +30,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +39,20 @@ import torch.nn.functional as F
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from lamcam.lam import LAMResult
+
+class LAMResult(Protocol):
+    """What the figures read from a LAM result (:class:`lamcam.LAMResult` has all of it).
+
+    A protocol rather than an import, so that viz never imports the engine that draws through it.
+    """
+
+    image: torch.Tensor
+    map: torch.Tensor
+    sr: torch.Tensor
+    diffusion_index: float
+    pixels95: int
+    completeness_error: float
+    params: dict[str, Any]
 
 __all__ = [
     "kde_covariance",

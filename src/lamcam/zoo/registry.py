@@ -966,7 +966,7 @@ def _register_builtin() -> None:
 
 
 def _register_sr() -> None:
-    """The x4 super-resolution zoo (:mod:`lamcam.zoo.sr`, trained by :mod:`lamcam.zoo.train_sr`)."""
+    """The x4 super-resolution zoo (:mod:`lamcam.zoo.sr`, trained by :mod:`training.train_sr`)."""
     from lamcam.zoo import sr
 
     def seq_len(state: Mapping[str, torch.Tensor], prefix: str, suffix: str) -> int:

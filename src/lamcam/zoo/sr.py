@@ -352,7 +352,7 @@ class _RangeMixin(_SRMixin):
         """Re-initialise so that the network computes bilinear upsampling of its input exactly
         (away from the zero-padded border), all other weights keeping their random values.
 
-        A training aid for tiny compute budgets (see :mod:`lamcam.zoo.train_sr`): the head copies
+        A training aid for tiny compute budgets (see :mod:`training.train_sr`): the head copies
         the image into channels 0-2, the last conv of the body is zero, and the upsampler's
         convs and the tail conv implement bilinear x2 on channels 0-2.
         """

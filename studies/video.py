@@ -2,8 +2,8 @@
 
 The Grad-CAM++ paper (Chattopadhay et al., 2018) claims that Grad-CAM++ localises better than
 Grad-CAM, and shows 3D-CNN action-recognition explanations as an example. This study tests that on
-a model of our own: :class:`lamcam.zoo.clips.ClipsC3D`, a small Conv3d classifier trained here on
-:func:`lamcam.zoo.clips.make_clips` clips (one moving shape — the label — among 0-2 static
+a model of our own: :class:`studies.clips.ClipsC3D`, a small Conv3d classifier trained here on
+:func:`studies.clips.make_clips` clips (one moving shape — the label — among 0-2 static
 distractor shapes of other classes), where the moving object's mask is exact in every frame.
 
 For every held-out clip the true class is explained with :class:`lamcam.GradCAM` and
@@ -15,8 +15,8 @@ head (1×1×1 conv → ReLU → GAP → linear), whose score gradient varies wit
 
 Run::
 
-    python -m lamcam.studies.video            # full run, publishes to docs/results.md
-    python -m lamcam.studies.video --quick    # tiny smoke run into <root>/quick-docs
+    python -m studies.video            # full run, publishes to docs/results.md
+    python -m studies.video --quick    # tiny smoke run into <root>/quick-docs
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import lamcam
 from lamcam.cam import cam_from_weights, gradcam_weights, gradcampp_weights
 from lamcam.maps import normalize_minmax, upsample_maps
 from lamcam.metrics import energy_pointing_game, iou_at, pointing_game, win_percent
-from lamcam.studies._common import (
+from lamcam.zoo.shapes import CLASSES
+from studies._common import (
     StudyRun,
     command_line,
     csv_text,
@@ -44,8 +45,7 @@ from lamcam.studies._common import (
     setup_from_args,
     study_parser,
 )
-from lamcam.zoo.clips import ClipsC3D, ClipsDataset, make_clips
-from lamcam.zoo.shapes import CLASSES
+from studies.clips import ClipsC3D, ClipsDataset, make_clips
 
 NAME = "video"
 TRAIN_SEED = 5100  # data set seed of the training clips
@@ -530,7 +530,7 @@ def report(cfg: dict[str, Any], accs: dict[str, Any], evals: dict[str, Any], log
         "action recogniser. We test it frame by frame on a video model of our own, where the ground "
         "truth is exact in every frame.",
         "",
-        f"**Set-up.** Clips from `lamcam.zoo.clips.make_clips`: {cfg['frames']} frames of "
+        f"**Set-up.** Clips from `studies.clips.make_clips`: {cfg['frames']} frames of "
         f"{cfg['size']}×{cfg['size']} px, one shape moving on a straight line at 1-2 px/frame (its class "
         f"is the label, {len(CLASSES)} classes) and 0-2 static distractor shapes of *other* classes, on "
         "the textured backgrounds of `lamcam.zoo.shapes` with per-frame sensor noise. Only motion tells "

@@ -1,7 +1,7 @@
 """Studies that test the papers' claims on lamcam's own reference models.
 
-Each study is one command, ``python -m lamcam.studies.NAME``, that resumes when re-run, and
-publishes its tables and figures into ``docs/results.md`` (see :mod:`lamcam.studies._common`):
+Each study is one command, ``python -m studies.NAME``, that resumes when re-run, and
+publishes its tables and figures into ``docs/results.md`` (see :mod:`studies._common`):
 
 * ``cam_compare`` — CAM vs Grad-CAM vs Grad-CAM++ (and guided variants) on multi-instance shapes;
 * ``sanity`` — cascading model randomisation for every method;

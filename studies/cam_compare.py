@@ -7,8 +7,8 @@ two trained shapes classifiers with exact per-instance ground truth, balanced ov
 
 Run::
 
-    python -m lamcam.studies.cam_compare            # full study, publishes into docs/results.md
-    python -m lamcam.studies.cam_compare --quick    # a few images, to check that it runs
+    python -m studies.cam_compare            # full study, publishes into docs/results.md
+    python -m studies.cam_compare --quick    # a few images, to check that it runs
 
 Units are (model, method, chunk of images); an interrupted run resumes where it stopped.
 """
@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lamcam.evaluation import COLUMNS, Evaluation, evaluate
-from lamcam.studies._common import (
+from studies._common import (
     StudyRun,
     command_line,
     md_table,

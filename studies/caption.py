@@ -4,7 +4,7 @@ Claim (Grad-CAM, Selvaraju et al. 2017, image captioning; Grad-CAM++, Chattopadh
 same use): the gradient map of a caption's log-probability w.r.t. the encoder's last conv layer
 localises the objects the caption mentions, and a phrase's map localises that phrase's objects.
 
-We train our own captioner (:class:`lamcam.zoo.captions.ShapesCaptioner`) on generated images of one
+We train our own captioner (:class:`studies.captions.ShapesCaptioner`) on generated images of one
 or two coloured groups of shapes, then on held-out images explain
 
 * the whole ground-truth caption: target = sum of the log-probabilities of its tokens
@@ -16,7 +16,7 @@ or two coloured groups of shapes, then on held-out images explain
 with Grad-CAM and Grad-CAM++ on ``encoder.relu4``. Explanations run in float64, a precaution so
 that very confident tokens (softmax saturating at 1 in float32) still give exact gradients.
 
-Run: ``python -m lamcam.studies.caption [--quick] [--threads 2]``.
+Run: ``python -m studies.caption [--quick] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import lamcam
 from lamcam.metrics import energy_pointing_game, instance_coverage, pointing_game
-from lamcam.studies._common import (
+from studies._common import (
     StudyRun,
     command_line,
     csv_text,
@@ -44,7 +44,7 @@ from lamcam.studies._common import (
     setup_from_args,
     study_parser,
 )
-from lamcam.zoo.captions import (
+from studies.captions import (
     PAD,
     CaptionDataset,
     ShapesCaptioner,
@@ -678,7 +678,7 @@ def render(argv: Sequence[str] | None, cfg: dict[str, Any], acc: dict[str, Any],
         "claims better maps, in particular covering several instances of a class. lamcam accepts "
         "such a target as a callable `outputs -> (B,)`.",
         "",
-        "**What we test.** We train our own captioner (`lamcam.zoo.captions.ShapesCaptioner`: a "
+        "**What we test.** We train our own captioner (`studies.captions.ShapesCaptioner`: a "
         "4-stage conv encoder (stride-2 stem, two max-pools) → 8×8 feature grid, a GRU decoder "
         "initialised from the pooled features with dot-product attention over the grid) on "
         "generated 64×64 images with one or two groups "

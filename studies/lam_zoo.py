@@ -18,8 +18,8 @@ Every LR input is 64², so DIs are comparable across patches (DI counts all LR p
 
 Run::
 
-    python -m lamcam.studies.lam_zoo            # full study, publishes into docs/results.md
-    python -m lamcam.studies.lam_zoo --quick
+    python -m studies.lam_zoo            # full study, publishes into docs/results.md
+    python -m studies.lam_zoo --quick
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lamcam.studies._common import (
+from studies._common import (
     StudyRun,
     command_line,
     csv_text,
@@ -150,7 +150,7 @@ def build_patches(per_image: int, per_kind: int) -> list[dict[str, Any]]:
     """All patches: ``{"id", "source", "kind", "lr", "hr", "row", "col", "energy", "periodicity"}``."""
     from lamcam.io import load_image
     from lamcam.zoo import sr_samples
-    from lamcam.zoo.sr_data import degrade
+    from training.sr_data import degrade
 
     patches = []
     for s in sr_samples():
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lamcam import LAM, zoo
     from lamcam.demo import psnr_y
-    from lamcam.zoo.sr_data import bicubic_upscale
+    from training.sr_data import bicubic_upscale
 
     res: dict[tuple[str, str], dict[str, Any]] = {}
     maps: dict[tuple[str, str], torch.Tensor] = {}

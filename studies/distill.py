@@ -29,12 +29,12 @@ Design:
   student's maps against the ground-truth instance masks.
 
 Every trained student, the teacher's maps and every evaluation are cached units of a
-:class:`~lamcam.studies._common.StudyRun`, so an interrupted run resumes.
+:class:`~studies._common.StudyRun`, so an interrupted run resumes.
 
 Run::
 
-    python -m lamcam.studies.distill             # full study, publishes into docs/results.md
-    python -m lamcam.studies.distill --quick     # tiny configuration, publishes to <root>/quick-docs
+    python -m studies.distill             # full study, publishes into docs/results.md
+    python -m studies.distill --quick     # tiny configuration, publishes to <root>/quick-docs
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lamcam.cam import GradCAMPlusPlus
-from lamcam.studies._common import (
+from studies._common import (
     StudyRun,
     command_line,
     csv_text,

@@ -65,7 +65,7 @@ STUDY_ORDER: tuple[str, ...] = ("cam_compare", "sanity", "lam_zoo", "distill", "
 
 _RESULTS_HEADER = """# Results: our own reproduction of the papers' claims
 
-Every section below is written by one study command (`python -m lamcam.studies.NAME`), run on
+Every section below is written by one study command (`python -m studies.NAME`), run on
 this repository's own trained reference models on a 2-core CPU. The command, the configuration
 and the time it took are given with each table. Nothing here is edited by hand: re-running a
 command replaces its section. Findings that do not match the papers are reported as they came out.
@@ -279,7 +279,7 @@ def publish(name: str, markdown: str, *, docs: str | os.PathLike = "docs",
 # --------------------------------------------------------------------------------------------
 def study_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The arguments every study takes: --root, --docs, --fresh, --quick, --threads."""
-    p = argparse.ArgumentParser(prog=f"python -m lamcam.studies.{name}", description=description)
+    p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=description)
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                    help="where finished units are kept for resuming (default: %(default)s)")
     p.add_argument("--docs", type=Path, default=None,
@@ -304,4 +304,4 @@ def setup_from_args(args: argparse.Namespace) -> Path:
 def command_line(name: str, argv: Sequence[str] | None = None) -> str:
     """The command that reproduces this run, for the published section."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return " ".join([f"python -m lamcam.studies.{name}", *argv]).strip()
+    return " ".join([f"python -m studies.{name}", *argv]).strip()

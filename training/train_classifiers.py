@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m lamcam.zoo.train_classifiers --model all --out src/lamcam/zoo/weights
+    python -m training.train_classifiers --model all --out src/lamcam/zoo/weights
 
 Everything is seeded: the training set is ``make_dataset(n_train, seed=TRAIN_SEED)``, the
 held-out set ``make_dataset(n_eval, seed=EVAL_SEED)`` (a different seed, so no image is shared),
@@ -273,7 +273,8 @@ def save_figure(path: Path, per_class: int = 2) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=[*RECIPES, "all", "none"], default="all")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
+    p.add_argument("--out", type=Path,
+                   default=Path(__file__).resolve().parents[1] / "src" / "lamcam" / "zoo" / "weights")
     p.add_argument("--n-train", type=int, default=30000, help="training images")
     p.add_argument("--n-eval", type=int, default=2000, help="held-out images")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", type=Path, default=None, help="also save the docs sample grid")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m lamcam.zoo.train_classifiers " + " ".join(
+    command = "python -m training.train_classifiers " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
 

@@ -2,7 +2,7 @@
 
 Images: scikit-image's bundled data images (public domain / CC0, shipped inside the
 ``scikit-image`` wheel and loaded without network access). scikit-image is needed only to
-*train* (``python -m lamcam.zoo.train_sr``); the metrics and :func:`degrade` below are plain
+*train* (``python -m training.train_sr``); the metrics and :func:`degrade` below are plain
 torch, and the held-out samples the tests use are bundled as PNGs.
 
 * :data:`TRAIN_IMAGES` -- the only images patches are drawn from.

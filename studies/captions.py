@@ -24,7 +24,7 @@ Determinism: :func:`make_caption_sample` draws everything from the generator it 
 :func:`lamcam.zoo.shapes.sample_rng` ``(seed, i)``, so a data set is a pure function of
 ``(seed, index)`` and does not depend on ``n`` or on chunking.
 
-The model is trained by :mod:`lamcam.studies.caption` (it is not in the zoo registry).
+The model is trained by :mod:`studies.caption` (it is not in the zoo registry).
 """
 
 from __future__ import annotations

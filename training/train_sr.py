@@ -2,12 +2,12 @@
 
 Usage::
 
-    python -m lamcam.zoo.train_sr --model all --out src/lamcam/zoo/weights
-    python -m lamcam.zoo.train_sr --model sr_edsr --steps 50      # a short dry run
-    python -m lamcam.zoo.train_sr --model none --samples src/lamcam/zoo/samples/sr \\
+    python -m training.train_sr --model all --out src/lamcam/zoo/weights
+    python -m training.train_sr --model sr_edsr --steps 50      # a short dry run
+    python -m training.train_sr --model none --samples src/lamcam/zoo/samples/sr \\
         --figure docs/img/sr_samples.png
 
-Needs scikit-image (the training images are its bundled data, see :mod:`lamcam.zoo.sr_data`).
+Needs scikit-image (the training images are its bundled data, see :mod:`training.sr_data`).
 Recipe (every model): ``torch.manual_seed(seed)`` for the random initialisation, then
 ``model.init_bilinear()`` -- the identity path of the network (head, long skip, upsampler,
 tail) is set so that the untrained network computes bilinear upsampling exactly, while every
@@ -15,14 +15,14 @@ other weight keeps its random value (the last conv of the residual body is zeroe
 budget of a few minutes on two CPU cores, a from-scratch start spends the whole budget learning
 to reproduce the image (a dry run of the FSRCNN: still 1.9 dB *below* bicubic after 400 steps);
 from the bilinear start every model is above bicubic within ~200 steps. Then a seeded
-:class:`~lamcam.zoo.sr_data.PatchSampler` (seed + 1) for the patches, Adam (betas 0.9, 0.99),
+:class:`~training.sr_data.PatchSampler` (seed + 1) for the patches, Adam (betas 0.9, 0.99),
 L1 loss, learning rate warmed up linearly over the first 3 % of the steps and then decayed by a
 cosine to 2 % of the peak, ``torch.set_num_threads(threads)``. The number of steps is fixed per
 model, so the run is reproducible on one machine; ``--time-limit`` (seconds) only guards against
 overruns and is recorded when it cut a run short.
 
-Evaluation: the held-out images (:data:`~lamcam.zoo.sr_data.HELDOUT_IMAGES`), cropped to a
-multiple of 4 at the bottom/right, degraded with :func:`~lamcam.zoo.sr_data.degrade`; Y-PSNR /
+Evaluation: the held-out images (:data:`~training.sr_data.HELDOUT_IMAGES`), cropped to a
+multiple of 4 at the bottom/right, degraded with :func:`~training.sr_data.degrade`; Y-PSNR /
 RGB PSNR / Y-SSIM of the model and of bicubic upsampling, border of 4 pixels shaved.
 
 The weights file stores in ``__metadata__``: ``name``, ``arch``, ``task`` ("sr"), ``scale``,
@@ -52,8 +52,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lamcam._safetensors import save_file
-from lamcam.zoo import sr_data
 from lamcam.zoo.sr import EDSR, FSRCNN, RCAN, SwinIRLite, receptive_field
+from training import sr_data
 
 ARCHS: dict[str, type[nn.Module]] = {
     "FSRCNN": FSRCNN,
@@ -118,7 +118,7 @@ def heldout_pairs() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict:
-    """Scores per held-out image (see :func:`lamcam.zoo.sr_data.evaluate_pair`)."""
+    """Scores per held-out image (see :func:`training.sr_data.evaluate_pair`)."""
     model.eval()
     return {name: sr_data.evaluate_pair(model(lr), lr, hr).as_dict() for name, lr, hr in pairs}
 
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="after training, save a figure of the shipped models on the samples")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m lamcam.zoo.train_sr " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m training.train_sr " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.samples is not None:
         for path in write_samples(args.samples):
             print(f"wrote {path} ({path.stat().st_size} bytes)")

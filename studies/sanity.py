@@ -11,8 +11,8 @@ layers are randomised and below 0.2 when all are.
 
 Run::
 
-    python -m lamcam.studies.sanity            # full study, publishes into docs/results.md
-    python -m lamcam.studies.sanity --quick
+    python -m studies.sanity            # full study, publishes into docs/results.md
+    python -m studies.sanity --quick
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lamcam.studies._common import (
+from studies._common import (
     StudyRun,
     command_line,
     csv_text,
