@@ -236,3 +236,13 @@ def test_bad_lam_calls():
         no_grad(lr, row=0, col=0, window=8)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         lamcam.IntegratedGradients(_net(), batch_size=0)(torch.rand(1, 3, 8, 8))
+
+
+def test_lam_takes_numpy_scalars():
+    import numpy as np
+
+    lam = lamcam.LAM(sr_net().eval(), steps=np.int64(2), sigma=np.float32(1.2), progress=False)
+    ref = lamcam.LAM(sr_net().eval(), steps=2, sigma=1.2, progress=False)
+    lr = torch.rand(3, 10, 10)
+    a = lam(lr, row=np.int64(2), col=np.float64(2.0), window=np.int32(8)).attribution
+    torch.testing.assert_close(a, ref(lr, row=2, col=2, window=8).attribution)

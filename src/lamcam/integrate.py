@@ -18,6 +18,7 @@ relative error of a discretisation against it is reported.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -177,7 +178,7 @@ def integrate_path(
     n = len(alphas)
     if batch_size is None:
         batch_size = auto_batch_size(model, x, n, memory_budget)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (or None to choose from the memory "
                          f"budget), got {batch_size!r}")
     with model_guard(model):  # train-mode buffers are restored; see lamcam.hooks.model_guard

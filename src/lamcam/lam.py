@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,17 +212,17 @@ class LAM:
                              "or pass a callable")
         if input_range not in (1.0, 255.0):
             raise ValueError(f"input_range must be 1.0 or 255.0, got {input_range}")
-        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
+        if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be a finite positive number (the paper uses 1.2), got "
                              f"{sigma!r}")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral) or kernel_size < 1 \
                 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int (the paper uses 9), got "
                              f"{kernel_size!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be a positive int (the paper uses 50), got {steps!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
+        if batch_size is not None and (isinstance(batch_size, bool)
+                                       or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int, or None to choose it from "
                              f"memory_budget; got {batch_size!r}")
         self.model = model
@@ -342,7 +343,7 @@ class LAM:
             window: the window side in SR pixels.
         """
         for label, v in (("row", row), ("col", col), ("window", window)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
                     or int(v) != v:
                 raise ValueError(f"{label} must be a whole number of pixels, got {v!r}")
         if torch.is_inference_mode_enabled():
