@@ -311,3 +311,17 @@ def test_torchvision_vit_with_its_zero_initialised_head_is_explained_as_such():
         lamcam.GradCAM(model)(x)
     with pytest.raises(ValueError, match=r"'heads.head' has all-zero weights"):
         lamcam.GradCAM(model, "encoder.layers.encoder_layer_1.ln_1")(x)
+
+
+def test_readme_timm_snippet_runs_as_written(one_thread):
+    # the README's block for timm / torchvision / transformers models, executed verbatim
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "timm.create_model" in b]
+    assert len(blocks) == 1
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    assert scope["res"].layer_names == ["blocks.11.norm1"]
+    assert str(scope["res"].layouts[0]).startswith("tokens (B, 197, 384): 1 prefix token dropped, 14×14")

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lamcam.layout import (
+    TOKENS,
     Layout,
     LayoutError,
     _token_grid,
@@ -137,11 +138,11 @@ def tokens_to_grid(
         raise ValueError(f"token output must be (B, N, D), got shape {tuple(tokens.shape)}")
     if len(spatial) != 2:
         raise ValueError("token grids are inferred for 2-D inputs only; pass reshape= yourself")
-    b, n, d = tokens.shape
+    _, n, d = tokens.shape
     for p in range(0, min(max_prefix, n - 1) + 1):
         grid = _token_grid(n - p, spatial)
         if grid is not None:
-            return tokens[:, p:, :].transpose(1, 2).reshape(b, d, *grid), p
+            return Layout(TOKENS, (n, d), grid, d, prefix=p).to_map(tokens), p
     raise ValueError(
         f"cannot arrange {n} tokens on a grid of the {spatial[0]}x{spatial[1]} input "
         f"(tried dropping 0..{max_prefix} prefix tokens); pass reshape=callable returning (B, C, h, w)"
