@@ -1063,6 +1063,9 @@ def _register_sr() -> None:
     for name, arch, description in models:
         register(name, arch=arch, weights_file=f"{name}.safetensors", meta={"task": "sr"},
                  description=description)
+    from lamcam.zoo import paper_zoo
+
+    paper_zoo.register_all()  # the LAM paper's zoo in its authors' key layouts
 
 
 _register_builtin()
