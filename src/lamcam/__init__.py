@@ -19,7 +19,7 @@ from lamcam.cam import (
     explain,
     make_explainer,
 )
-from lamcam.lam import LAM, LAMResult
+from lamcam.lam import LAM, DenseLAMResult, LAMMemoryError, LAMResult
 from lamcam.layout import Layout, LayoutError
 from lamcam.targets import TopK
 
@@ -37,7 +37,9 @@ __all__ = [
     "GuidedGradCAMPlusPlus",
     "InputXGradient",
     "IntegratedGradients",
+    "DenseLAMResult",
     "LAM",
+    "LAMMemoryError",
     "LAMResult",
     "Layout",
     "LayoutError",

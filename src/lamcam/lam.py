@@ -27,12 +27,33 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lamcam._memory import LAMMemoryError, available_bytes
 from lamcam.hooks import model_guard
 from lamcam.integrate import QUADRATURES, batch_for_budget, integrate_path, plan, probe_point_bytes
-from lamcam.metrics.diffusion import diffusion_index, mass_pixels
+from lamcam.metrics.diffusion import diffusion_index, diffusion_index_padded, mass_pixels
 from lamcam.paths import BlurPath
+from lamcam.receptive import (
+    Field,
+    crop_box,
+    crop_is_exact,
+    crop_side,
+    declared_field,
+    grow_box,
+    measure_field,
+)
 
-__all__ = ["LAM", "GradientDetector", "LAMResult", "WindowMean", "abs_normalized_map"]
+__all__ = [
+    "LAM", "DenseLAMResult", "GradientDetector", "LAMMemoryError", "LAMResult", "WindowMean",
+    "abs_normalized_map",
+]
+
+#: Largest relative change of the window's outputs that a receptive-field crop may cause (it is
+#: checked before every cropped LAM); above it LAM falls back to the whole image and warns.
+CROP_TOLERANCE = 1e-5
+
+#: Images with more LR pixels than this are probed on two smaller crops (and the cost of one
+#: path point extrapolated) instead of a forward pass over the whole image.
+PROBE_PIXELS = 128 * 128
 
 
 class GradientDetector:
@@ -153,6 +174,88 @@ class LAMResult:
         return buf.getvalue()
 
 
+@dataclass
+class DenseLAMResult:
+    """What :meth:`LAM.dense` returns: the Diffusion Index of every window on a grid.
+
+    Attributes:
+        di: ``(len(rows), len(cols))`` DI of the window whose top-left corner is
+            ``(rows[i], cols[j])`` (SR pixels), each exactly what :class:`LAM` gives that window.
+        pixels95: same shape, LR pixels holding 95 % of each window's map.
+        completeness: same shape, each window's completeness error.
+        rows, cols: the windows' top-left corners (SR pixels).
+        window, stride: window side and grid step (SR pixels).
+        sr: ``(C', sH, sW)`` the network's output.
+        image: the LR input ``(C, H, W)`` as explained.
+        params: every parameter (as :class:`LAMResult`), the receptive field and the crops used,
+            ``passes`` (network evaluations with gradients, per LR pixel of a crop summed) and
+            ``seconds``.
+    """
+
+    di: Tensor
+    pixels95: Tensor
+    completeness: Tensor
+    rows: list[int]
+    cols: list[int]
+    window: int
+    stride: int
+    sr: Tensor
+    image: Tensor = field(repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self, path: str | None = None, title: str | None = None):  # noqa: ANN201
+        """The DI map as a heatmap over the SR image (where the network looks far)."""
+        from lamcam.viz.lam import dense_figure
+
+        return dense_figure(self, path=path, title=title)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the DI grid, its summary and all parameters."""
+        di = self.di.double()
+        return {
+            "rows": self.rows, "cols": self.cols, "window": self.window, "stride": self.stride,
+            "di": di.tolist(), "pixels95": self.pixels95.tolist(),
+            "completeness_error": self.completeness.tolist(),
+            "di_mean": float(di.mean()), "di_median": float(di.median()), "di_max": float(di.max()),
+            **self.params,
+        }
+
+
+class _Stacked(nn.Module):
+    """Runs ``net`` on path points of several crops at once: ``(A, n, C, h, w)`` in,
+    ``(A, n, C', sh, sw)`` out (crops are independent samples of one batch)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pts: Tensor) -> Tensor:
+        a, n = pts.shape[:2]
+        out = self.net(pts.reshape(a * n, *pts.shape[2:]))
+        return out.reshape(a, n, *out.shape[1:])
+
+
+class _ChunkPath:
+    """A :class:`BlurPath` over ``n`` crops, its points shaped ``(A, n, C, h, w)`` even for n = 1."""
+
+    def __init__(self, path: BlurPath, n: int) -> None:
+        self.path, self.n = path, n
+        self.x = path.x
+
+    def _shape(self, t: Tensor) -> Tensor:
+        return t[:, None] if self.n == 1 else t
+
+    def points(self, alphas: Tensor) -> Tensor:
+        return self._shape(self.path.points(alphas))
+
+    def derivative(self, alphas: Tensor) -> Tensor:
+        return self._shape(self.path.derivative(alphas))
+
+    def start(self) -> Tensor:
+        s = self.path.start()
+        return s[None] if self.n == 1 else s
+
+
 class _RangeWrapper(nn.Module):
     """Run a model that expects [0, 255] input on [0, 1] images, returning [0, 1] output."""
 
@@ -189,6 +292,17 @@ class LAM:
         input_range: 1.0 if the model takes [0, 1] images (default), 255.0 if it takes [0, 255];
             images given to LAM are always in [0, 1].
         progress: show a tqdm bar.
+        crop: receptive-field cropping (:mod:`lamcam.receptive`). ``"auto"`` (default): when the
+            network's output at a pixel depends on a bounded neighbourhood, compute LAM on a
+            crop that holds the window's whole receptive field (the blur path is still the whole
+            image's), which gives the same attribution for a fraction of the cost; networks with
+            global operations get the whole image. ``False``: always the whole image. ``True``:
+            crop or raise. The result's ``params["crop"]`` says what was done and why.
+        receptive_field: the field to crop with: ``"global"``, an int (the side in LR pixels of
+            the square one output pixel depends on, as ``lamcam_meta["receptive_field"]``), or a
+            :class:`lamcam.receptive.Field`. Default: the model's metadata, else measured once.
+        memory_limit: bytes one path point may need before LAM refuses up front
+            (:class:`LAMMemoryError`, with the numbers); default: what the device has free.
     """
 
     def __init__(
@@ -204,6 +318,9 @@ class LAM:
         memory_budget: float = 1.0e9,
         input_range: float = 1.0,
         progress: bool = True,
+        crop: bool | str = "auto",
+        receptive_field: int | str | Field | None = None,
+        memory_limit: float | None = None,
     ) -> None:
         if quadrature not in QUADRATURES:
             raise ValueError(f"unknown quadrature {quadrature!r}; choose one of {QUADRATURES}")
@@ -225,6 +342,16 @@ class LAM:
                                        or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int, or None to choose it from "
                              f"memory_budget; got {batch_size!r}")
+        if crop not in ("auto", True, False):
+            raise ValueError(f"crop must be 'auto', True or False, got {crop!r}")
+        if receptive_field is not None and not isinstance(receptive_field, Field) \
+                and receptive_field != "global" and (isinstance(receptive_field, bool) or not isinstance(
+                    receptive_field, numbers.Integral) or receptive_field < 1):
+            raise ValueError(f"receptive_field must be 'global', a positive int (LR pixels) or a "
+                             f"lamcam.receptive.Field; got {receptive_field!r}")
+        self.crop = crop
+        self.receptive_field = receptive_field
+        self.memory_limit = memory_limit
         self.model = model
         self.sigma, self.kernel_size, self.steps = float(sigma), int(kernel_size), int(steps)
         self.quadrature = quadrature
@@ -234,7 +361,8 @@ class LAM:
         self.input_range = float(input_range)
         self.progress = progress
         self._net = model if input_range == 1.0 else _RangeWrapper(model, input_range)
-        self._probes: dict[tuple, tuple[int, int]] = {}  # input shape/dtype -> (scale, batch)
+        self._probes: dict[tuple, tuple[int, int]] = {}  # input shape/dtype -> (scale, point bytes)
+        self._fields: dict[tuple, Field] = {}  # (dtype, device) -> receptive field
 
     def _prepare(self, image: Tensor) -> Tensor:
         if not isinstance(image, Tensor):
@@ -270,16 +398,82 @@ class LAM:
         return image.detach()
 
     def _probe(self, image: Tensor) -> tuple[int, int]:
-        """Scale factor and path points per pass for this prepared input (one probe pass, cached
-        per input shape)."""
+        """Scale factor and estimated bytes of one path point (forward + backward) for this
+        prepared input, cached per input shape.
+
+        Inputs up to :data:`PROBE_PIXELS` are probed with one forward pass without gradients;
+        larger ones on two smaller crops, with the cost extrapolated in the pixel count (with the
+        exponent the two probes show, between 1 for convolutions and 2 for global attention), so
+        that a huge image is never run whole just to learn it is too large.
+        """
         key = (tuple(image.shape), image.dtype, image.device)
         if key not in self._probes:
-            out, point_bytes = probe_point_bytes(self._net, image)
-            scale = self._check_output(out, image)
-            n_points = len(plan(self.quadrature, self.steps)[0])
-            batch = self.batch_size or batch_for_budget(point_bytes, n_points, self.memory_budget)
-            self._probes[key] = (scale, batch)
+            h, w = image.shape[-2:]
+            if h * w <= PROBE_PIXELS:
+                out, point_bytes = probe_point_bytes(self._net, image)
+                scale = self._check_output(out, image)
+            else:
+                sizes = []
+                for side in (64, 128):
+                    sub = image[:, :min(h, side), :min(w, side)]
+                    out, b = probe_point_bytes(self._net, sub)
+                    scale = self._check_output(out, sub)
+                    sizes.append((sub.shape[-2] * sub.shape[-1], b))
+                (n1, b1), (n2, b2) = sizes
+                k = 1.0 if n2 <= n1 else min(2.0, max(1.0, math.log(max(b2, 1) / max(b1, 1)) /
+                                                       math.log(n2 / n1)))
+                point_bytes = int(b2 * (h * w / n2) ** k)
+            self._probes[key] = (scale, point_bytes)
         return self._probes[key]
+
+    def _batch(self, point_bytes: int) -> int:
+        n_points = len(plan(self.quadrature, self.steps)[0])
+        return self.batch_size or batch_for_budget(point_bytes, n_points, self.memory_budget)
+
+    def _check_memory(self, point_bytes: int, x: Tensor, what: str, way_out: str) -> None:
+        """Refuse up front when one path point needs more than the memory limit."""
+        from lamcam.io import format_bytes
+
+        limit = self.memory_limit if self.memory_limit is not None else available_bytes(x.device)
+        if limit is None or point_bytes <= limit:
+            return
+        raise LAMMemoryError(
+            f"one LAM path point on {what} needs about {format_bytes(point_bytes)} (forward and "
+            f"backward at batch 1), but {format_bytes(limit)} "
+            f"{'is the memory_limit' if self.memory_limit is not None else 'are free'} on "
+            f"{x.device}. {way_out}"
+        )
+
+    def field(self, image: Tensor) -> Field:
+        """The receptive field LAM crops with for this model (given, declared, or measured once).
+
+        Example:
+            >>> import torch.nn as nn
+            >>> sr = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
+            >>> LAM(sr, progress=False).field(torch.rand(3, 8, 8)).radius
+            2
+        """
+        x = self._prepare(image)
+        key = (x.dtype, x.device)
+        if key not in self._fields:
+            rf = self.receptive_field
+            if isinstance(rf, Field):
+                f = rf
+            elif rf == "global":
+                f = Field(None, 1, "user", "receptive_field='global'")
+            elif rf is not None:
+                declared = declared_field(self.model)
+                period = declared.period if declared is not None else 1
+                f = Field(int(rf) - 1, period, "user", f"receptive_field={rf} (LR pixels)")
+            else:
+                f = declared_field(self.model)
+                if f is None:
+                    req = getattr(self.model, "lamcam_meta", {}).get("size_requirements") or {}
+                    with model_guard(self.model):
+                        f = measure_field(self._net, x.shape[0], minimum=int(req.get("minimum", 0)),
+                                          multiple_of=int(req.get("multiple_of", 1)))
+            self._fields[key] = f
+        return self._fields[key]
 
     def scale_of(self, image: Tensor) -> int:
         """The integer scale factor for ``image`` ``(C, H, W)``.
@@ -331,6 +525,247 @@ class LAM:
             )
         return top, left
 
+    def _plan_crop(self, x: Tensor, scale: int, top: int, left: int, window: int,
+                   user_objective: bool) -> tuple[tuple[int, int, int, int] | None, dict[str, Any]]:
+        """The LR crop to explain the window on, or None for the whole image; and why."""
+        if self.crop is False:
+            return None, {"box": None, "reason": "crop=False"}
+        if user_objective and self.crop == "auto":
+            return None, {"box": None, "reason": "a callable objective may read outputs outside "
+                          "its window (pass crop=True if it does not)"}
+        f = self._field_of(x)
+        h_img, w_img = x.shape[-2:]
+        if not f.local:
+            if self.crop is True:
+                raise ValueError(f"crop=True, but the receptive field is global ({f.detail}); "
+                                 "use crop='auto' to explain on the whole image")
+            return None, {"box": None, "field": f.to_dict(), "reason": f.detail}
+        req = getattr(self.model, "lamcam_meta", {}).get("size_requirements") or {}
+        if req.get("square"):
+            return None, {"box": None, "field": f.to_dict(),
+                          "reason": "the model pads inputs to a square, so a crop changes its padding"}
+        sr_rows = (top, min(top + window, h_img * scale - 1))
+        sr_cols = (left, min(left + window, w_img * scale - 1))
+        box = crop_box(f, (sr_rows[0] // scale, sr_rows[1] // scale),
+                       (sr_cols[0] // scale, sr_cols[1] // scale), (h_img, w_img),
+                       int(req.get("minimum", 0)))
+        if box == (0, 0, h_img, w_img):
+            return None, {"box": None, "field": f.to_dict(),
+                          "reason": "the window's receptive field covers the whole image"}
+        bigger = grow_box(f, box, (h_img, w_img))
+        with model_guard(self.model):
+            diff = crop_is_exact(self._net, BlurPath(x, self.sigma, self.kernel_size, boxes=[bigger]),
+                                 box, bigger, sr_rows, sr_cols, scale)
+        if diff > CROP_TOLERANCE:
+            if self.crop is True:
+                raise ValueError(f"crop=True, but cropping changes the window's output by {diff:.2g} "
+                                 f"(relative) with the receptive field {f.detail}")
+            warnings.warn(f"the receptive field ({f.detail}) is too small: cropping to {box} changes "
+                          f"the window's output by {diff:.2g} (relative); explained on the whole "
+                          "image instead", stacklevel=4)
+            return None, {"box": None, "field": f.to_dict(), "check": diff,
+                          "reason": f"a crop changed the window's output by {diff:.2g}"}
+        return box, {"box": list(box), "field": f.to_dict(), "check": diff,
+                     "reason": f"LR crop (top, left, height, width) = {box} of {h_img}x{w_img} holds the "
+                               f"window's receptive field ({f.source}); checked: the window's "
+                               f"output changes by {diff:.2g} against a larger crop"}
+
+    def _field_of(self, x: Tensor) -> Field:
+        return self.field(x)
+
+    def _whole_output(self, x: Tensor, scale: int) -> Tensor:
+        """The network's output for the whole prepared image, without gradients; tiled along the
+        receptive field (exactly) when the image is large and the field is local."""
+        h_img, w_img = x.shape[-2:]
+        f = self._fields.get((x.dtype, x.device))
+        with model_guard(self.model), torch.no_grad():
+            if h_img * w_img <= 4 * PROBE_PIXELS or f is None or not f.local:
+                return self._net(x[None])[0]
+            req = getattr(self.model, "lamcam_meta", {}).get("size_requirements") or {}
+            tile = 128
+            out = None
+            for r0 in range(0, h_img, tile):
+                for c0 in range(0, w_img, tile):
+                    r1, c1 = min(h_img, r0 + tile) - 1, min(w_img, c0 + tile) - 1
+                    t, l_, h, w = crop_box(f, (r0, r1), (c0, c1), (h_img, w_img),
+                                           int(req.get("minimum", 0)))
+                    y = self._net(x[None, :, t:t + h, l_:l_ + w])[0]
+                    if out is None:
+                        out = y.new_empty(y.shape[0], h_img * scale, w_img * scale)
+                    out[:, r0 * scale:(r1 + 1) * scale, c0 * scale:(c1 + 1) * scale] = \
+                        y[:, (r0 - t) * scale:(r1 + 1 - t) * scale, (c0 - l_) * scale:(c1 + 1 - l_) * scale]
+            assert out is not None
+            return out
+
+    def dense(self, image: Tensor, window: int = 16, stride: int | None = None) -> DenseLAMResult:
+        """The Diffusion Index of every ``window`` x ``window`` SR window on a grid.
+
+        Each DI equals what ``self(image, row, col, window)`` gives that window. With a local
+        receptive field every window is explained on its own crop (:mod:`lamcam.receptive`), and
+        crops of one size go through the network together, so the whole map costs about
+        ``windows x crop pixels / image pixels`` whole-image LAMs; a global network costs one
+        whole-image LAM per window (a warning says how many).
+
+        Args:
+            image: LR image ``(C, H, W)`` in [0, 1].
+            window: window side (SR pixels).
+            stride: grid step (SR pixels); default ``window`` (windows tile the image). The last
+                row and column of windows touch the image's bottom and right edges.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> sr = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
+            >>> d = LAM(sr, steps=4, progress=False).dense(torch.rand(3, 16, 16), window=8)
+            >>> d.di.shape, len(d.rows)
+            (torch.Size([4, 4]), 4)
+        """
+        import time
+
+        for label, v in (("window", window), ("stride", stride if stride is not None else window)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{label} must be a positive int (SR pixels), got {v!r}")
+        if callable(self.objective) and not isinstance(self.objective, str):
+            raise ValueError("LAM.dense uses the built-in objectives ('gradient' or 'mean')")
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("LAM needs autograd, which torch.inference_mode() disables")
+        stride = int(stride if stride is not None else window)
+        window = int(window)
+        t0 = time.perf_counter()
+        with model_guard(self.model):
+            x = self._prepare(image)
+            scale, full_bytes = self._probe(x)
+            h_img, w_img = x.shape[-2:]
+            sh, sw = h_img * scale, w_img * scale
+            if window > min(sh, sw):
+                raise ValueError(f"the window ({window}) must fit in the {sh}x{sw} SR image")
+
+            def grid(size: int) -> list[int]:
+                g = list(range(0, size - window + 1, stride))
+                if g[-1] != size - window:
+                    g.append(size - window)
+                return g
+
+            rows, cols = grid(sh), grid(sw)
+            jobs: dict[tuple[int, int], list] = {}  # crop size -> [(i, j, top, left, box)]
+            info: dict[str, Any] = {}
+            field_ = None if self.crop is False else self._field_of(x)
+            local = field_ is not None and field_.local
+            req = getattr(self.model, "lamcam_meta", {}).get("size_requirements") or {}
+            if local and req.get("square"):
+                local = False
+                info = {"box": None, "reason": "the model pads inputs to a square, so a crop changes "
+                        "its padding"}
+            minimum = int(req.get("minimum", 0))
+            side = crop_side(field_, window, scale, minimum) if local else 0
+            for i, top in enumerate(rows):
+                for j, left in enumerate(cols):
+                    if not local:
+                        box = (0, 0, h_img, w_img)
+                    else:
+                        box = crop_box(field_, (top // scale, min(top + window, sh - 1) // scale),
+                                       (left // scale, min(left + window, sw - 1) // scale),
+                                       (h_img, w_img), minimum, size=(side, side))
+                    jobs.setdefault(box[2:], []).append((i, j, top, left, box))
+            if not local:
+                info = info or {"box": None,
+                                "reason": "crop=False" if field_ is None else field_.detail}
+                if len(rows) * len(cols) > 1:
+                    warnings.warn(f"the receptive field is not local ({info['reason']}): each of the "
+                                  f"{len(rows) * len(cols)} windows costs one whole-image LAM",
+                                  stacklevel=2)
+            else:
+                # the crops are checked as LAM checks its crops: the first and the last window
+                worst = 0.0
+                todo = [(rows[0], cols[0]), (rows[len(rows) // 2], cols[len(cols) // 2]),
+                        (rows[-1], cols[-1])]
+                for top, left in todo:
+                    box = crop_box(field_, (top // scale, min(top + window, sh - 1) // scale),
+                                   (left // scale, min(left + window, sw - 1) // scale),
+                                   (h_img, w_img), minimum, size=(side, side))
+                    if box == (0, 0, h_img, w_img):
+                        continue
+                    sr_rows = (top, min(top + window, sh - 1))
+                    sr_cols = (left, min(left + window, sw - 1))
+                    bigger = grow_box(field_, box, (h_img, w_img))
+                    worst = max(worst, crop_is_exact(
+                        self._net, BlurPath(x, self.sigma, self.kernel_size, boxes=[bigger]), box,
+                        bigger, sr_rows, sr_cols, scale))
+                if worst > CROP_TOLERANCE:
+                    raise ValueError(f"the receptive field ({field_.detail}) is too small: a crop changes "
+                                     f"a window's output by {worst:.2g}; pass receptive_field= larger "
+                                     "or crop=False")
+                info = {"field": field_.to_dict(), "check": worst,
+                        "crop_sizes": sorted([list(k) + [len(v)] for k, v in jobs.items()])}
+            n_win = len(rows) * len(cols)
+            di = torch.zeros(len(rows), len(cols), dtype=torch.float64)
+            p95 = torch.zeros(len(rows), len(cols), dtype=torch.int64)
+            comp = torch.zeros(len(rows), len(cols), dtype=torch.float64)
+            stacked = _Stacked(self._net)
+            n_points = len(plan(self.quadrature, self.steps)[0])
+            passes = 0
+            bar = None
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=n_win, desc="dense LAM", unit="window")
+            try:
+                for (h, w), items in jobs.items():
+                    point_bytes = self._probe(x[:, :h, :w])[1]
+                    self._check_memory(point_bytes, x, f"a {h}x{w} crop", "Use a smaller image or window.")
+                    per_pass = max(1, int(self.memory_budget // max(point_bytes, 1)))
+                    n_chunk = max(1, min(len(items), per_pass))
+                    for k in range(0, len(items), n_chunk):
+                        chunk = items[k:k + n_chunk]
+                        path = BlurPath(x, self.sigma, self.kernel_size, boxes=[c[4] for c in chunk])
+                        if len(chunk) == 1:
+                            path.x = path.x[None]
+                        objs = [OBJECTIVES[self.objective](top - box[0] * scale, left - box[1] * scale,
+                                                           window) for _, _, top, left, box in chunk]
+
+                        def objective(out: Tensor, objs: list = objs) -> Tensor:
+                            return torch.stack([o(out[:, m]) for m, o in enumerate(objs)], dim=1).sum(1)
+
+                        batch = self.batch_size or max(1, min(n_points, per_pass // len(chunk)))
+                        res = integrate_path(stacked, _ChunkPath(path, len(chunk)), objective,
+                                             steps=self.steps, quadrature=self.quadrature,
+                                             batch_size=batch, completeness=False)
+                        passes += res.passes * len(chunk) * h * w
+                        # completeness per window: D at the input and the baseline (no gradients)
+                        with torch.no_grad():
+                            ends = stacked(torch.stack([path.x, path.start() if len(chunk) > 1
+                                                        else path.start()[None]]))
+                            d1 = [float(o(ends[:1, m])[0]) for m, o in enumerate(objs)]
+                            d0 = [float(o(ends[1:, m])[0]) for m, o in enumerate(objs)]
+                        for m, (i, j, _, _, _) in enumerate(chunk):
+                            attr = res.attribution[m]
+                            amap = attr.sum(dim=0).abs()
+                            peak = amap.max()
+                            amap = amap / peak if peak > 0 else torch.zeros_like(amap)
+                            di[i, j] = diffusion_index_padded(amap, h_img * w_img)
+                            p95[i, j] = mass_pixels(amap)
+                            delta = d1[m] - d0[m]
+                            total = float(attr.sum())
+                            comp[i, j] = abs(total - delta) / abs(delta) if delta != 0 else math.nan
+                        if bar is not None:
+                            bar.update(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
+            sr = self._whole_output(x, scale)
+        params = {
+            "lr_size": [int(h_img), int(w_img)], "scale": scale, "window": window, "stride": stride,
+            "sigma": self.sigma, "kernel_size": self.kernel_size, "steps": self.steps,
+            "quadrature": self.quadrature, "objective": self.objective,
+            "input_range": self.input_range, "crop": info, "windows": n_win,
+            "pixel_passes": passes, "whole_image_lams": passes / (n_points * h_img * w_img),
+            "seconds": time.perf_counter() - t0,
+        }
+        call_doc = getattr(self.model, "lamcam_meta", {}).get("call_doc")
+        if call_doc:
+            params["model_call"] = call_doc
+        return DenseLAMResult(di=di, pixels95=p95, completeness=comp, rows=rows, cols=cols,
+                              window=window, stride=stride, sr=sr.detach(), image=x, params=params)
+
     def __call__(self, image: Tensor, row: int, col: int, window: int = 16, *,
                  coords: str = "sr") -> LAMResult:
         """LAM of the ``window`` × ``window`` SR patch at ``(row, col)``.
@@ -354,27 +789,46 @@ class LAM:
 
     def _explain(self, image: Tensor, row: int, col: int, window: int, coords: str) -> LAMResult:
         x = self._prepare(image)
-        scale, batch = self._probe(x)
-        sr_shape = (x.shape[-2] * scale, x.shape[-1] * scale)
+        scale, full_bytes = self._probe(x)
+        h_img, w_img = x.shape[-2:]
+        sr_shape = (h_img * scale, w_img * scale)
         top, left = self.window_origin(row, col, window, scale, sr_shape, coords)
-        if callable(self.objective) and not isinstance(self.objective, str):
-            user = self.objective
-
+        user = self.objective if callable(self.objective) and not isinstance(self.objective, str) \
+            else None
+        box, crop_info = self._plan_crop(x, scale, top, left, window, user is not None)
+        if box is None:
+            self._check_memory(full_bytes, x, f"the whole {h_img}x{w_img} image", (
+                "The receptive field cannot be cropped here (" + crop_info["reason"] + "); explain "
+                "a crop of the image around the window yourself (the map then covers that crop), "
+                "or use a device with more memory."))
+            path = BlurPath(x, self.sigma, self.kernel_size)
+            point_bytes, oy, ox = full_bytes, top, left
+        else:
+            path = BlurPath(x, self.sigma, self.kernel_size, boxes=[box])
+            point_bytes = self._probe(path.x)[1]
+            self._check_memory(point_bytes, x, f"the {box[2]}x{box[3]} crop that holds the window's "
+                               "receptive field", "Use a device with more memory or a smaller window.")
+            oy, ox = top - box[0] * scale, left - box[1] * scale
+        if user is not None:
             def objective(out: Tensor) -> Tensor:
-                return user(out, top, left, window)
+                return user(out, oy, ox, window)
 
             obj_name = getattr(user, "__name__", "callable")
         else:
-            objective = OBJECTIVES[self.objective](top, left, window)
+            objective = OBJECTIVES[self.objective](oy, ox, window)
             obj_name = self.objective
-        path = BlurPath(x, self.sigma, self.kernel_size)
         result = integrate_path(
             self._net, path, objective, steps=self.steps, quadrature=self.quadrature,
-            batch_size=batch, progress="LAM" if self.progress else False,
+            batch_size=self._batch(point_bytes), progress="LAM" if self.progress else False,
         )
-        sr = result.output  # the network at γ(1) = x: always evaluated (completeness is on)
-        if not bool(torch.isfinite(sr).all()):
-            self._check_output(sr[None], x)  # raises with the NaN message
+        if box is None:
+            sr = result.output  # the network at γ(1) = x: always evaluated (completeness is on)
+        else:
+            t, l_, h, w = box
+            attr_full = torch.zeros_like(x, dtype=result.attribution.dtype)
+            attr_full[:, t:t + h, l_:l_ + w] = result.attribution
+            result.attribution = attr_full
+            sr = self._whole_output(x, scale)
         attr = result.attribution
         if not bool(torch.isfinite(attr).all()):
             raise ValueError("the LAM attribution contains NaN or inf (the gradients along the path "
@@ -393,8 +847,11 @@ class LAM:
             "lr_size": [int(x.shape[-2]), int(x.shape[-1])], "scale": scale, "row": top,
             "col": left, "window": int(window), "coords": coords, "sigma": self.sigma,
             "kernel_size": self.kernel_size, "steps": self.steps, "quadrature": self.quadrature,
-            "objective": obj_name, "input_range": self.input_range,
+            "objective": obj_name, "input_range": self.input_range, "crop": crop_info,
         }
+        call_doc = getattr(self.model, "lamcam_meta", {}).get("call_doc")
+        if call_doc:
+            params["model_call"] = call_doc
         return LAMResult(
             attribution=attr, map=amap, diffusion_index=di, pixels95=mass_pixels(amap),
             sr=sr.detach(), completeness_error=result.completeness_error,

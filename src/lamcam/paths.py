@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["BlurPath", "StraightPath", "blur", "gaussian_kernel", "gaussian_kernel_dsigma"]
+__all__ = [
+    "BlurPath", "StraightPath", "blur", "blur_crops", "gaussian_kernel", "gaussian_kernel_dsigma",
+    "reflect_pad",
+]
 
 _SIGMA_OFFSET = 1e-5  # LAM_Demo's kernel uses (σ + 1e-5) so that σ = 0 gives a delta
 
@@ -122,6 +125,60 @@ def blur(images: Tensor, kernels: Tensor) -> Tensor:
     return out.reshape(c, n_k, *x.shape[-2:]).transpose(0, 1)
 
 
+def reflect_pad(image: Tensor, kernel_size: int) -> Tensor:
+    """``(C, H, W)`` -> ``(1, C, H + 2p, W + 2p)``, p = kernel_size // 2, reflect-101 as :func:`blur`.
+
+    Blurring a region of this padded image with a valid convolution gives exactly the region of
+    the blurred whole image (:func:`blur_crops`).
+    """
+    pad = kernel_size // 2
+    x = image.unsqueeze(0) if image.ndim == 3 else image
+    if min(x.shape[-2:]) <= pad:
+        raise ValueError(
+            f"the image ({x.shape[-2]}x{x.shape[-1]}) is too small for a {kernel_size}x{kernel_size} "
+            f"blur kernel (reflect padding needs more than {pad} pixels per side); use a smaller "
+            "kernel_size"
+        )
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+
+def blur_crops(padded: Tensor, kernels: Tensor, boxes: list[tuple[int, int, int, int]]) -> Tensor:
+    """Regions of the whole image blurred with each kernel, without blurring the whole image.
+
+    Args:
+        padded: ``(1, C, H + 2p, W + 2p)`` from :func:`reflect_pad`.
+        kernels: ``(N, l, l)`` (l = 2p + 1).
+        boxes: ``(top, left, height, width)`` regions of the image, all of one size (h, w).
+
+    Returns:
+        ``(N, len(boxes), C, h, w)``: entry ``[k, b]`` equals
+        ``blur(image, kernels[k])[0, :, top:top + h, left:left + w]`` for box b.
+
+    Example:
+        >>> x = torch.rand(3, 20, 20)
+        >>> k = gaussian_kernel(torch.tensor([0.5, 1.0]), 9, dtype=x.dtype)
+        >>> crops = blur_crops(reflect_pad(x, 9), k, [(3, 5, 8, 6)])
+        >>> torch.allclose(crops[:, 0], blur(x, k)[:, :, 3:11, 5:11], atol=1e-6)
+        True
+    """
+    if not boxes:
+        raise ValueError("no boxes to blur")
+    size = kernels.shape[-1]
+    pad = size // 2
+    h, w = boxes[0][2], boxes[0][3]
+    if any((b[2], b[3]) != (h, w) for b in boxes):
+        raise ValueError("blur_crops needs boxes of one size")
+    c = padded.shape[1]
+    regions = torch.cat([padded[:, :, t:t + h + 2 * pad, l_:l_ + w + 2 * pad]
+                         for t, l_, _, _ in boxes], dim=1)  # (1, B*C, h+2p, w+2p)
+    k = kernels.to(padded.dtype)
+    n_k = k.shape[0]
+    groups = len(boxes) * c
+    weight = k[None].expand(groups, n_k, size, size).reshape(groups * n_k, 1, size, size)
+    out = F.conv2d(regions, weight, groups=groups)  # (1, B*C*N, h, w), group-major
+    return out.reshape(len(boxes), c, n_k, h, w).permute(2, 0, 1, 3, 4)
+
+
 class StraightPath:
     """``γ(α) = b + α (x − b)``: Integrated Gradients' path.
 
@@ -162,30 +219,60 @@ class BlurPath:
     Args:
         x: ``(C, H, W)`` image.
         sigma: the baseline's blur (LAM default 1.2); kernel_size: odd kernel side (default 9).
+        boxes: regions ``(top, left, height, width)`` of ``x``, all of one size: the path then
+            runs over those regions of the *whole image's* blur path (the blur sees the pixels
+            around each region, and the image border as :func:`blur` does), which is what
+            receptive-field cropping needs. One box gives points ``(N, C, h, w)``; several give
+            ``(N, B, C, h, w)``. ``path.x`` is the region(s) of ``x``.
+
+    Example:
+        >>> x = torch.rand(3, 24, 24)
+        >>> whole = BlurPath(x).points(torch.tensor([0.5]))[:, :, 4:12, 6:16]
+        >>> crop = BlurPath(x, boxes=[(4, 6, 8, 10)]).points(torch.tensor([0.5]))
+        >>> crop.shape, torch.allclose(crop, whole, atol=1e-6)
+        (torch.Size([1, 3, 8, 10]), True)
     """
 
     name = "blur"
 
-    def __init__(self, x: Tensor, sigma: float = 1.2, kernel_size: int = 9) -> None:
+    def __init__(self, x: Tensor, sigma: float = 1.2, kernel_size: int = 9,
+                 boxes: list[tuple[int, int, int, int]] | None = None) -> None:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.x = x
         self.sigma = float(sigma)
         self.kernel_size = int(kernel_size)
         # kernels are built in float64 and cast once in blur()
         self._kw = {"dtype": torch.float64, "device": x.device}
+        self.boxes = None if boxes is None else [tuple(int(v) for v in b) for b in boxes]
+        if self.boxes is None:
+            self.x = x
+            self._padded = None
+        else:
+            h_img, w_img = x.shape[-2:]
+            for t, l_, h, w in self.boxes:
+                if not (0 <= t and 0 <= l_ and h > 0 and w > 0 and t + h <= h_img and l_ + w <= w_img):
+                    raise ValueError(f"box {(t, l_, h, w)} leaves the {h_img}x{w_img} image")
+            self._padded = reflect_pad(x, self.kernel_size)
+            crops = [x[..., t:t + h, l_:l_ + w] for t, l_, h, w in self.boxes]
+            self.x = crops[0] if len(crops) == 1 else torch.stack(crops)
+
+    def _apply(self, kernels: Tensor) -> Tensor:
+        if self._padded is None:
+            return blur(self.x, kernels)
+        out = blur_crops(self._padded, kernels, self.boxes)  # type: ignore[arg-type]
+        return out[:, 0] if len(self.boxes) == 1 else out  # type: ignore[arg-type]
 
     def sigmas(self, alphas: Tensor) -> Tensor:
         return self.sigma * (1 - alphas.to(torch.float64))
 
     def points(self, alphas: Tensor) -> Tensor:
-        k = gaussian_kernel(self.sigmas(alphas).to(self.x.device), self.kernel_size, **self._kw)
-        return blur(self.x, k)
+        return self._apply(gaussian_kernel(self.sigmas(alphas).to(self.x.device), self.kernel_size,
+                                           **self._kw))
 
     def derivative(self, alphas: Tensor) -> Tensor:
         dk = gaussian_kernel_dsigma(self.sigmas(alphas).to(self.x.device), self.kernel_size,
                                     **self._kw)
-        return blur(self.x, -self.sigma * dk)
+        return self._apply(-self.sigma * dk)
 
     def start(self) -> Tensor:
-        return blur(self.x, gaussian_kernel(self.sigma, self.kernel_size, **self._kw))[0]
+        return self._apply(gaussian_kernel(self.sigma, self.kernel_size, **self._kw)[None])[0]

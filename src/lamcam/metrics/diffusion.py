@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["diffusion_index", "gini", "mass_pixels"]
+__all__ = ["diffusion_index", "diffusion_index_padded", "gini", "mass_pixels"]
 
 
 def gini(values: Tensor) -> float:
@@ -53,6 +53,31 @@ def diffusion_index(attr_map: Tensor) -> float:
         warnings.warn("the attribution map is all zeros (no pixel influences the objective, e.g. a "
                       "flat window); its Diffusion Index (100) is not meaningful", stacklevel=2)
     return (1.0 - gini(attr_map)) * 100.0
+
+
+def diffusion_index_padded(values: Tensor, total: int) -> float:
+    """:func:`diffusion_index` of a map that holds ``values`` (>= 0) and zeros everywhere else,
+    ``total`` pixels in all, without building it (the map of a receptive-field crop).
+
+    Example:
+        >>> m = torch.zeros(8, 8); m[3, 4] = 1.0; m[3, 5] = 0.5
+        >>> abs(diffusion_index_padded(torch.tensor([[1.0, 0.5]]), 64) - diffusion_index(m)) < 1e-9
+        True
+    """
+    a = values.detach().flatten().to(torch.float64).cpu()
+    n_zero = total - a.numel()
+    if n_zero < 0:
+        raise ValueError(f"{a.numel()} values do not fit in {total} pixels")
+    if bool((a < 0).any()):
+        raise ValueError("diffusion_index_padded needs a map >= 0 (LAM maps are |.|)")
+    # Gini as gini(): ascending order, each value + 1e-7; the n_zero zeros come first
+    a = torch.sort(a + 1e-7).values
+    n = total
+    i = torch.arange(n_zero + 1, n + 1, dtype=torch.float64)
+    z = torch.arange(1, n_zero + 1, dtype=torch.float64)
+    num = ((2 * i - n - 1) * a).sum() + ((2 * z - n - 1) * 1e-7).sum()
+    den = n * (a.sum() + n_zero * 1e-7)
+    return (1.0 - float(num / den)) * 100.0
 
 
 def mass_pixels(attr_map: Tensor, fraction: float = 0.95) -> int:

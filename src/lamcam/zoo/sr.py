@@ -48,6 +48,7 @@ __all__ = [
     "MeanShift",
     "pad_bottom_right",
     "receptive_field",
+    "receptive_reach",
     "probe_receptive_field",
 ]
 
@@ -132,6 +133,33 @@ def receptive_field(model: nn.Module) -> int | None:
         iv = _interval(ops, p)
         assert iv is not None
         best = max(best, iv[1] - iv[0] + 1)
+    return best
+
+
+def receptive_reach(model: nn.Module) -> int | None:
+    """How far, in LR pixels, an output pixel's dependence reaches beyond its own LR pixel on the
+    farther side (None = global): the tight bound for receptive-field cropping.
+
+    Example:
+        >>> receptive_reach(FSRCNN(mapping=4))   # (15 - 1) / 2
+        7
+    """
+    ops = model.rf_ops()  # type: ignore[operator]
+    if any(op[0] == "global" for op in ops):
+        return None
+    period, scale = 1, 1
+    for op in ops:
+        if op[0] in ("up", "window"):
+            period = period * op[1] // math.gcd(period, op[1])
+        if op[0] == "up":
+            scale *= op[1]
+    period *= scale
+    base = 10_000 * period
+    best = 0
+    for p in range(base, base + period):
+        iv = _interval(ops, p)
+        assert iv is not None
+        best = max(best, p // scale - iv[0], iv[1] - p // scale)
     return best
 
 
@@ -311,16 +339,19 @@ class _SRMixin:
     in_channels: int = 3
 
     def meta_defaults(self) -> dict[str, object]:
-        """``task``, ``scale``, ``in_channels``, ``input_range`` (1.0) and ``receptive_field``
-        (LR pixels, or ``"global"``) of this model."""
+        """``task``, ``scale``, ``in_channels``, ``input_range`` (1.0), ``receptive_field`` (LR
+        pixels, or ``"global"``) and, for local networks, ``receptive_reach`` of this model."""
         rf = receptive_field(self)  # type: ignore[arg-type]
-        return {
+        meta: dict[str, object] = {
             "task": "sr",
             "scale": int(self.scale),
             "in_channels": int(self.in_channels),
             "input_range": 1.0,
             "receptive_field": "global" if rf is None else rf,
         }
+        if rf is not None:
+            meta["receptive_reach"] = receptive_reach(self)  # type: ignore[arg-type]
+        return meta
 
 
 class _RangeMixin(_SRMixin):
