@@ -4,12 +4,13 @@
 
 Prints, measured side by side in one run (interleaved, medians):
 
-1. LAM with the paper's defaults (σ 1.2, kernel 9, 50 steps, right Riemann, window 16) ÷ floor,
-   floor = steps × (one forward + one input-gradient backward at batch 1), at 64² and 128² LR
-   (target ≤ 1.05);
+1. LAM with the paper's defaults (σ 1.2, kernel 9, 50 steps, right Riemann, window 16) on the
+   whole image (``crop=False``: the engine's own overhead) ÷ floor, floor = steps × (one forward +
+   one input-gradient backward at batch 1), at 64² and 128² LR (target ≤ 1.05); receptive-field
+   cropping is measured by benchmarks/bench_crop.py;
 2. the fewest Gauss-Legendre steps whose completeness error is at most right-Riemann-50's, on
    several textured windows, and the speed-up that gives;
-3. peak resident memory of LAM at 256² LR with defaults, beyond the loaded model (target ≤ 1 GB),
+3. peak resident memory of whole-image LAM at 256² LR, beyond the loaded model (target ≤ 1 GB),
    each in a fresh process, beside a LAM_Demo-style loop (batch 1, parameter gradients
    accumulated, all SR outputs kept) for contrast.
 """
@@ -67,7 +68,7 @@ def memory_child(model_name: str, size: int, mode: str) -> None:
         model(x[None])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if mode == "lamcam":
-        lamcam.LAM(model, progress=False)(x, sr_row, sr_row, 16)
+        lamcam.LAM(model, progress=False, crop=False)(x, sr_row, sr_row, 16)
     else:  # LAM_Demo-style: batch 1, .backward() (parameter grads), every SR output kept
         pts = BlurPath(x, 1.2).points(torch.arange(1, 51, dtype=torch.float64) / 50)
         outputs = []
@@ -94,13 +95,13 @@ def main() -> None:
     model = lamcam.zoo.load(args.model)
     scale = model.lamcam_meta["scale"]
     print(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} params, x{scale}, "
-          f"2 threads")
+          f"2 threads, device {next(model.parameters()).device}")
 
     print("\n1. LAM (defaults) / floor = 50 x (forward + input-gradient backward, batch 1)")
     for size in (64, 128):
         x = textured_image(size)
         row = col = size * scale // 2 - 8
-        lam = lamcam.LAM(model, progress=False)
+        lam = lamcam.LAM(model, progress=False, crop=False)
         lam(x, row, col)  # warm-up
         times: dict[str, list[float]] = {"lam": [], "floor": []}
         for _ in range(args.repeats):  # interleaved
@@ -111,7 +112,7 @@ def main() -> None:
             times["lam"].append(t1 - t0)
             times["floor"].append(time.perf_counter() - t1)
         t_lam, t_floor = statistics.median(times["lam"]), statistics.median(times["floor"])
-        bs = next(iter(lam._probes.values()))[1]
+        bs = lam._batch(next(iter(lam._probes.values()))[1])
         print(f"  {size}x{size} LR: LAM {t_lam:.2f} s, floor {t_floor:.2f} s, ratio "
               f"{t_lam / t_floor:.3f} (target <= 1.05; auto batch size {bs})")
 

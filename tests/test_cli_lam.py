@@ -187,6 +187,110 @@ def test_grayscale_image_note(sr_zoo, tmp_path, capsys) -> None:
     assert "grayscale" in cap.err and "3 channels" in cap.err
 
 
+# --------------------------------------------------------------------------------------------
+# --dense, --no-crop, --call
+# --------------------------------------------------------------------------------------------
+
+
+def test_dense_writes_grid_figure_and_json(sr_zoo, lr_image, tmp_path, capsys, one_thread) -> None:
+    out = tmp_path / "out"
+    code = main(["lam", str(lr_image), "--model", "srA", "--dense", "--window", "8", "--stride",
+                 "6", "--steps", "3", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "lr_srA_dense.json", "lr_srA_dense.npy", "lr_srA_dense.png"]
+    direct = LAM(_tiny_sr(0), steps=3, progress=False).dense(
+        lamcam.io.load_image(lr_image), window=8, stride=6)
+    grid = np.load(out / "lr_srA_dense.npy")
+    assert grid.dtype == np.float64 and grid.shape == (5, 7)  # SR 32 x 40: rows 0..24, cols 0..32
+    np.testing.assert_allclose(grid, direct.di.numpy(), rtol=0, atol=1e-9)
+    record = json.loads((out / "lr_srA_dense.json").read_text())
+    assert record["rows"] == [0, 6, 12, 18, 24] and record["cols"] == [0, 6, 12, 18, 24, 30, 32]
+    assert np.array_equal(np.array(record["di"]), grid)
+    assert record["pixels95"] == direct.pixels95.tolist()
+    assert record["window"] == 8 and record["stride"] == 6 and record["steps"] == 3
+    assert record["model"] == "srA" and record["lr_size"] == [16, 20] and record["scale"] == 2
+    assert record["windows"] == 35 and record["crop"]["crop_sizes"]
+    assert record["di_median"] == pytest.approx(float(np.median(grid)))
+    i, j = np.unravel_index(grid.argmax(), grid.shape)
+    (line,) = cap.out.splitlines()
+    assert "dense DI 5x7 windows of 8 (stride 6)" in line
+    assert f"median {np.median(grid):.2f}, max {grid.max():.2f} at (row {record['rows'][i]}, " \
+           f"col {record['cols'][j]})" in line
+    assert " of 16x20 (measured field)" in line and line.endswith("lr_srA_dense.png")
+    w, h = Image.open(out / "lr_srA_dense.png").size
+    assert w > 2 * h > 600
+
+
+def test_dense_models_and_no_crop(sr_zoo, lr_image, tmp_path, capsys, one_thread) -> None:
+    out = tmp_path / "out"
+    code = main(["lam", str(lr_image), "--models", "srA,srB", "--dense", "--no-crop",
+                 "--row", "3", "--out", str(out), "--steps", "2", "--window", "16"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"lr_{m}_dense.{e}" for m in ("srA", "srB") for e in ("json", "npy", "png")]
+    assert "--row ignored with --dense" in cap.err
+    assert "each of the 6 windows costs one whole-image LAM" in cap.err  # crop=False
+    lines = cap.out.splitlines()
+    assert len(lines) == 2 and all("whole image (crop=False)" in t for t in lines)
+    grid = np.load(out / "lr_srA_dense.npy")
+    assert grid.shape == (2, 3) and f"median {np.median(grid):.2f}," in lines[0]  # even count
+    record = json.loads((out / "lr_srB_dense.json").read_text())
+    assert record["crop"] == {"box": None, "reason": "crop=False"}
+    assert record["whole_image_lams"] == pytest.approx(6.0)
+
+
+def test_no_crop_and_crop_statement(sr_zoo, lr_image, tmp_path, capsys, one_thread) -> None:
+    base = ["lam", str(lr_image), "--model", "srA", "--row", "10", "--col", "12", *FAST]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    cropped = capsys.readouterr().out
+    rec = json.loads((tmp_path / "a" / "lr_srA_lam.json").read_text())
+    h, w = rec["crop"]["box"][2:]
+    assert f", crop {h}x{w} of 16x20 (measured field), " in cropped
+    assert main([*base, "--no-crop", "--out", str(tmp_path / "b")]) == 0
+    whole = capsys.readouterr().out
+    rec2 = json.loads((tmp_path / "b" / "lr_srA_lam.json").read_text())
+    assert rec2["crop"]["box"] is None and rec2["crop"]["reason"] == "crop=False"
+    assert ", whole image (crop=False), " in whole
+    assert rec2["diffusion_index"] == pytest.approx(rec["diffusion_index"], abs=1e-6)
+
+
+def test_row_col_required_without_dense(sr_zoo, lr_image, tmp_path, capsys) -> None:
+    base = ["lam", str(lr_image), "--model", "srA", "--out", str(tmp_path / "o")]
+    assert main([*base, "--col", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--row required" in err and "--dense" in err and err.count("\n") == 1
+    assert main(base) == 2
+    assert "--row and --col required" in capsys.readouterr().err
+    assert main([*base, "--row", "0", "--col", "0", "--stride", "4"]) == 2
+    assert "--stride needs --dense" in capsys.readouterr().err
+    assert main([*base, "--dense", "--stride", "0"]) == 2
+    assert "--stride must be positive" in capsys.readouterr().err
+    assert sr_zoo == []  # refused before any model was loaded
+    assert main([*base, "--dense", "--window", "64"]) == 2  # SR image is 32 x 40
+    assert "must fit in the 32x40 SR image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_call_is_passed_to_zoo_load(monkeypatch, lr_image, tmp_path, capsys, one_thread) -> None:
+    seen: list[dict] = []
+
+    def load(name: str, **kw) -> nn.Module:
+        seen.append(kw)
+        return _tiny_sr(0)
+
+    monkeypatch.setattr(lamcam.zoo, "load", load, raising=False)
+    base = ["lam", str(lr_image), "--model", "x.pth", "--row", "0", "--col", "0",
+            "--out", str(tmp_path / "o"), *FAST]
+    assert main([*base, "--call", "module"]) == 0
+    assert main(base) == 0
+    assert seen == [{"arch": None, "call": "module"}, {"arch": None}]
+    assert main([*base, "--call", "bare"]) == 2  # not a choice
+    capsys.readouterr()
+
+
 def _real_sr_models() -> list[str]:
     try:
         names = [m for m in lamcam.zoo.list_models()

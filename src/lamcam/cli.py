@@ -4,7 +4,8 @@ Subcommands:
 
 * ``lamcam cam IMAGE... --model NAME|CHECKPOINT`` -- attribution maps for image files;
 * ``lamcam lam IMAGE --model(s) ... --row R --col C`` -- Local Attribution Maps of
-  super-resolution models for one output window, with the paper's figure and the DI;
+  super-resolution models for one output window, with the paper's figure and the DI
+  (``--dense``: the DI of every window on a grid, as a heatmap);
 * ``lamcam demo`` -- every bundled sample through every bundled classifier and CAM method,
   with an HTML report.
 
@@ -576,6 +577,15 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  <stem>_<model>_lam_map.npy  the 2-D map |sum_c attribution| / max, (H, W)\n"
             "  <stem>_<model>_lam.json     DI, pixels95, completeness error and all parameters\n"
             "and with --models also <stem>_lam_comparison.png/.json. Prints one line per model.\n"
+            "With --dense, the Diffusion Index of every --window on a grid (step --stride)\n"
+            "instead of one window (--row/--col not needed), for each model:\n"
+            "  <stem>_<model>_dense.png    SR image, DI heatmap (highest-DI windows outlined),\n"
+            "                              DI histogram\n"
+            "  <stem>_<model>_dense.npy    the DI grid (rows, cols), float64\n"
+            "  <stem>_<model>_dense.json   the grid, window corners, pixels95, completeness\n"
+            "                              errors and all parameters\n"
+            "LAM runs on a crop of the LR image that holds the window's receptive field when the\n"
+            "network's field is bounded (same result, less work; --no-crop: the whole image).\n"
             "The image is used at its own size (never resized); DI depends on that size.\n"
             "Files are written atomically; one note lists the existing files that were replaced."
         ),
@@ -584,6 +594,8 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  lamcam lam lr.png --model sr_edsr --row 96 --col 128\n"
             "  lamcam lam lr.png --models sr_fsrcnn,sr_edsr,sr_rcan,sr_swinir --row 96 --col 128\n"
             "  lamcam lam lr.png --model net.safetensors --arch EDSR --row 20 --col 30 --coords lr\n"
+            "  lamcam lam lr.png --model sr_edsr --dense --stride 32\n"
+            "  lamcam lam lr.png --model 4x_net.pth --call module --row 40 --col 40 --no-crop\n"
             "\nexit status: 0 ok, 1 the image file could not be read (corrupt/truncated/missing,\n"
             "decompression bomb, NaN pixels, more than --max-pixels),\n"
             "2 usage or configuration error (window off the image, not an image file, model\n"
@@ -599,9 +611,23 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="several models (comma-separated): one LAM each, plus a comparison "
                        "figure with a DI bar chart")
     p.add_argument("--arch", default=None, help="architecture of checkpoints given to --model(s)")
-    p.add_argument("--row", type=int, required=True, metavar="R",
-                   help="window row (see --coords; default: top-left corner, SR pixels)")
-    p.add_argument("--col", type=int, required=True, metavar="C", help="window column")
+    p.add_argument("--row", type=int, default=None, metavar="R",
+                   help="window row (see --coords; default: top-left corner, SR pixels); "
+                   "required unless --dense")
+    p.add_argument("--col", type=int, default=None, metavar="C",
+                   help="window column; required unless --dense")
+    p.add_argument("--dense", action="store_true",
+                   help="the DI of every window on a grid (LAM.dense) instead of one window: "
+                   "writes <stem>_<model>_dense.png/.npy/.json")
+    p.add_argument("--stride", type=int, default=None, metavar="S",
+                   help="with --dense: grid step in SR pixels (default: --window, windows tile "
+                   "the image)")
+    p.add_argument("--no-crop", action="store_true",
+                   help="explain on the whole LR image, not on the crop that holds the window's "
+                   "receptive field (slower, same result for local networks)")
+    p.add_argument("--call", choices=("spandrel", "module"), default=None,
+                   help="for checkpoints loaded through spandrel: explain spandrel's call (pad, "
+                   "run, clamp to [0, 1], crop; the default) or the bare module")
     p.add_argument("--window", type=int, default=16, metavar="W",
                    help="window side in SR pixels (default: 16)")
     p.add_argument("--coords", choices=("sr", "sr-center", "lr"), default="sr",
@@ -639,6 +665,13 @@ def _lam_model_names(specs: Sequence[str]) -> list[str]:
             name, k = f"{base}_{k}", k + 1
         names.append(name)
     return names
+
+
+def _load_lam_model(spec: str, arch: str | None, call: str | None) -> Any:
+    """``lamcam.zoo.load`` for ``lamcam lam``; ``call=`` is passed only when --call was given."""
+    from lamcam import zoo
+
+    return zoo.load(spec, arch=arch) if call is None else zoo.load(spec, arch=arch, call=call)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -723,6 +756,22 @@ def _run_lam(args: argparse.Namespace) -> int:
         raise CliError(f"--kernel-size must be a positive odd number, got {args.kernel_size}")
     if args.batch_size is not None and args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.dense:
+        if args.stride is not None and args.stride < 1:
+            raise CliError(f"--stride must be positive, got {args.stride}")
+        ignored = [o for o, v in (("--row", args.row), ("--col", args.col)) if v is not None]
+        if args.coords != "sr":
+            ignored.append("--coords")
+        if ignored:
+            _note(f"{', '.join(ignored)} ignored with --dense (every window on the grid is "
+                  "explained)")
+    else:
+        missing = [o for o, v in (("--row", args.row), ("--col", args.col)) if v is None]
+        if missing:
+            raise CliError(f"{' and '.join(missing)} required: the window to explain (or --dense "
+                           "for the DI of every window)")
+        if args.stride is not None:
+            raise CliError("--stride needs --dense")
     if args.models is not None:
         specs = [m.strip() for m in args.models.split(",") if m.strip()]
         if not specs:
@@ -735,7 +784,8 @@ def _run_lam(args: argparse.Namespace) -> int:
     image_path = Path(args.image)
     stem = image_path.stem
     names = _lam_model_names(specs)
-    models = [(name, _load_model(spec, args.arch)) for spec, name in zip(specs, names, strict=True)]
+    models = [(name, _load_lam_model(spec, args.arch, args.call))
+              for spec, name in zip(specs, names, strict=True)]
     images: dict[str, Any] = {}
     plans: list[tuple[str, str, Any, Any]] = []  # (name, spec, LAM, image)
     for spec, (name, model) in zip(specs, models, strict=True):
@@ -746,14 +796,20 @@ def _run_lam(args: argparse.Namespace) -> int:
         input_range = args.input_range or float(meta.get("input_range", 1.0))
         lam = LAM(model, sigma=args.sigma, kernel_size=args.kernel_size, steps=args.steps,
                   quadrature=args.quadrature, objective=args.objective,
-                  batch_size=args.batch_size, input_range=input_range, progress=True)
+                  batch_size=args.batch_size, input_range=input_range, progress=True,
+                  crop=False if args.no_crop else "auto")
         plans.append((name, spec, lam, images[mode]))
     if len(plans) > 1:  # check every model's scale and window before the expensive part
         for name, _, lam, x in plans:
             try:
                 scale = lam.scale_of(x)  # the probe LAM caches and reuses
-                lam.window_origin(args.row, args.col, args.window, scale,
-                                  (x.shape[-2] * scale, x.shape[-1] * scale), args.coords)
+                sr_hw = (x.shape[-2] * scale, x.shape[-1] * scale)
+                if args.dense:
+                    if args.window > min(sr_hw):
+                        raise ValueError(f"the window ({args.window}) must fit in the "
+                                         f"{sr_hw[0]}x{sr_hw[1]} SR image")
+                else:
+                    lam.window_origin(args.row, args.col, args.window, scale, sr_hw, args.coords)
             except ValueError as e:
                 raise CliError(f"{name}: {' '.join(str(e).split())}") from None
 
@@ -761,6 +817,16 @@ def _run_lam(args: argparse.Namespace) -> int:
         return (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8")
 
     outputs = _Outputs(out_dir, inputs=[image_path])
+    if args.dense:
+        try:
+            for name, spec, lam, x in plans:
+                _lam_dense(args, name, spec, lam, x, image_path, outputs, json_bytes,
+                           prefix=f"{name}: " if len(plans) > 1 else "")
+        finally:
+            outputs.report()
+        return EXIT_OK
+    from lamcam.viz.lam import crop_statement
+
     results: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     try:
@@ -787,9 +853,10 @@ def _run_lam(args: argparse.Namespace) -> int:
             n_px = r.map.numel()
             ce = r.completeness_error
             ce_txt = f"{100 * ce:.2g} %" if ce == ce else "n/a"
+            crop_txt = crop_statement(r.params, short=True)
             print(f"{image_path}: {name}: DI {r.diffusion_index:.2f}, pixels95 {r.pixels95}/"
-                  f"{n_px}, completeness error {ce_txt}, {seconds:.1f} s -> {written[0]}",
-                  flush=True)
+                  f"{n_px}, completeness error {ce_txt}, " + (f"{crop_txt}, " if crop_txt else "")
+                  + f"{seconds:.1f} s -> {written[0]}", flush=True)
 
         if len(results) > 1:
             from lamcam.viz.lam import lam_comparison_figure
@@ -804,6 +871,52 @@ def _run_lam(args: argparse.Namespace) -> int:
     finally:
         outputs.report()
     return EXIT_OK
+
+
+def _lam_dense(args: argparse.Namespace, name: str, spec: str, lam: Any, x: Any, image_path: Path,
+               outputs: _Outputs, json_bytes: Callable[[Any], bytes], prefix: str = "") -> None:
+    """``lamcam lam --dense`` for one model: ``LAM.dense``, its three files, one line."""
+    import time
+
+    from lamcam._files import figure_bytes, npy_bytes
+    from lamcam.viz.lam import crop_statement
+
+    t0 = time.perf_counter()
+    try:
+        d = lam.dense(x, window=args.window, stride=args.stride)
+    except ValueError as e:
+        raise CliError(prefix + " ".join(str(e).split())) from e
+    seconds = time.perf_counter() - t0
+    record = {"model": name, "model_spec": spec, "image": str(image_path),
+              **d.to_dict()}
+    fig = d.figure(title=f"{name}  ·  {image_path.name}")
+    di = d.di.detach().cpu().double()
+    base = f"{Path(image_path).stem}_{name}_dense"
+    written = outputs.write({  # everything rendered first, then written atomically together
+        f"{base}.png": figure_bytes(fig, dpi=fig.dpi, facecolor="white"),
+        f"{base}.npy": npy_bytes(di.numpy()),
+        f"{base}.json": json_bytes(record),
+    })
+    finite = di[di.isfinite()]
+    if finite.numel():
+        flat = int(_nan_argmax(di))
+        i, j = divmod(flat, di.shape[1])
+        stats = (f"median {float(finite.quantile(0.5)):.2f}, max {float(di[i, j]):.2f} at (row "
+                 f"{d.rows[i]}, col {d.cols[j]})")
+    else:
+        stats = "no finite DI"
+    crop_txt = crop_statement(d.params, short=True)
+    print(f"{image_path}: {name}: dense DI {len(d.rows)}x{len(d.cols)} windows of {d.window} "
+          f"(stride {d.stride}), {stats}, " + (f"{crop_txt}, " if crop_txt else "")
+          + f"{seconds:.1f} s -> {written[0]}", flush=True)
+
+
+def _nan_argmax(t: Any) -> int:
+    """Flat index of the largest finite value of a tensor (first on ties)."""
+    import torch
+
+    return int(torch.where(t.isfinite(), t, torch.tensor(-float("inf"), dtype=t.dtype)).flatten()
+               .argmax())
 
 
 # --------------------------------------------------------------------------------------------

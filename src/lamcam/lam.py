@@ -216,7 +216,7 @@ class DenseLAMResult:
             "rows": self.rows, "cols": self.cols, "window": self.window, "stride": self.stride,
             "di": di.tolist(), "pixels95": self.pixels95.tolist(),
             "completeness_error": self.completeness.tolist(),
-            "di_mean": float(di.mean()), "di_median": float(di.median()), "di_max": float(di.max()),
+            "di_mean": float(di.mean()), "di_median": float(di.quantile(0.5)), "di_max": float(di.max()),
             **self.params,
         }
 

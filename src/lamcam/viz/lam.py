@@ -13,6 +13,10 @@ all at SR resolution:
 
 followed by the Diffusion Index (DI) of the map.
 
+:func:`dense_figure` draws the result of :meth:`lamcam.lam.LAM.dense` (the DI of every window on
+a grid): the SR image, the DI heatmap over it with the highest-DI windows outlined, and the
+distribution of the DIs.
+
 Matplotlib is imported lazily (Agg canvas only, figures are never registered with pyplot), so
 importing :mod:`lamcam` does not import it.
 
@@ -54,6 +58,19 @@ class LAMResult(Protocol):
     completeness_error: float
     params: dict[str, Any]
 
+
+class DenseLAMResult(Protocol):
+    """What :func:`dense_figure` reads from a dense LAM result (:class:`lamcam.lam.DenseLAMResult`)."""
+
+    di: torch.Tensor
+    rows: list[int]
+    cols: list[int]
+    window: int
+    stride: int
+    sr: torch.Tensor
+    params: dict[str, Any]
+
+
 __all__ = [
     "kde_covariance",
     "kde_map",
@@ -61,7 +78,11 @@ __all__ = [
     "lam_panels",
     "lam_figure",
     "lam_comparison_figure",
+    "dense_heatmap",
+    "dense_figure",
+    "crop_statement",
     "PANEL_TITLES",
+    "DENSE_CMAP",
 ]
 
 #: Titles of the five panels of :func:`lam_figure`, in display order (keys of :func:`lam_panels`).
@@ -558,3 +579,345 @@ def lam_comparison_figure(
              color="0.25" if _comparable(results) else "#b00000")
     _save(fig, path, dpi)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the dense DI map (LAM.dense)
+# --------------------------------------------------------------------------------------------
+
+#: Colormap of the DI heatmap: perceptually uniform, readable in greyscale print.
+DENSE_CMAP = "viridis"
+
+#: Opacity of the DI heatmap over the greyscale SR image.
+DENSE_ALPHA = 0.6
+
+
+def crop_statement(params: Mapping[str, Any], *, short: bool = False) -> str:
+    """What region LAM explained on, from ``params["crop"]`` of a LAM or dense LAM result.
+
+    Args:
+        params: ``LAMResult.params`` or ``DenseLAMResult.params``.
+        short: a terminal fragment (ASCII, e.g. ``"crop 45x45 of 512x512 (declared field)"``)
+            instead of a sentence with the receptive field and the crop check.
+
+    Returns:
+        The statement; ``""`` when ``params`` has no ``"crop"`` entry.
+
+    Example:
+        >>> p = {"lr_size": [512, 512], "crop": {"box": [10, 20, 45, 45], "check": 0.0,
+        ...      "field": {"radius": 9, "source": "declared", "detail": "FSRCNN declares 9"}}}
+        >>> crop_statement(p, short=True)
+        'crop 45x45 of 512x512 (declared field)'
+        >>> crop_statement({"lr_size": [8, 8], "crop": {"box": None, "reason": "crop=False"}},
+        ...                short=True)
+        'whole image (crop=False)'
+    """
+    crop = params.get("crop")
+    if not isinstance(crop, Mapping):
+        return ""
+    lr = params.get("lr_size")
+    of_ascii = f" of {lr[0]}x{lr[1]}" if lr else ""
+    of = f" of {lr[0]}×{lr[1]}" if lr else ""
+    field = crop.get("field") if isinstance(crop.get("field"), Mapping) else {}
+    source, detail = field.get("source"), field.get("detail")
+    check = crop.get("check")
+    check_txt = f"; checked: outputs change by {check:.2g} against a larger crop" \
+        if isinstance(check, int | float) else ""
+    field_txt = f" ({detail})" if detail else ""
+    if crop.get("box"):
+        t, left, h, w = crop["box"]
+        if short:
+            return f"crop {h}x{w}{of_ascii}" + (f" ({source} field)" if source else "")
+        return (f"explained on the {h}×{w} LR crop at (row {t}, col {left}){of} that holds the "
+                f"window's receptive field{field_txt}{check_txt}")
+    if crop.get("crop_sizes"):
+        sizes = [(int(s[0]), int(s[1])) for s in crop["crop_sizes"]]
+        if short:
+            return "crop " + ", ".join(f"{h}x{w}" for h, w in sizes) + of_ascii + \
+                (f" ({source} field)" if source else "")
+        return ("each window explained on a " + " / ".join(f"{h}×{w}" for h, w in sizes)
+                + f" LR crop{of} that holds its receptive field{field_txt}{check_txt}")
+    reason = str(crop.get("reason") or "")
+    if short:
+        if reason == "crop=False":
+            return "whole image (crop=False)"
+        if field and field.get("radius") is None:
+            return "whole image (global receptive field)"
+        return "whole image"
+    where = f"the whole {lr[0]}×{lr[1]} LR image" if lr else "the whole LR image"
+    return f"explained on {where}" + (f": {reason}" if reason else "")
+
+
+def _cells(size: int, starts: list[int], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``size`` pixels along one axis: the index of the window (among those that
+    contain it) whose centre is nearest, and whether any window contains it."""
+    s = np.asarray(starts, dtype=np.float64)[None, :]
+    pos = np.arange(size, dtype=np.float64)[:, None] + 0.5  # pixel centres
+    inside = (pos >= s) & (pos < s + window)
+    dist = np.where(inside, np.abs(pos - (s + window / 2.0)), np.inf)
+    return dist.argmin(axis=1), inside.any(axis=1)
+
+
+def dense_heatmap(result: DenseLAMResult) -> np.ndarray:
+    """The DI grid of a dense LAM painted at SR resolution: ``(sH, sW)`` float64, NaN = unpainted.
+
+    Every SR pixel gets the DI of the window, among those that contain it, whose centre is
+    nearest (rows and columns independently). With ``stride < window`` this is the
+    ``stride × stride`` cell centred in each window (the cells of the border windows reach the
+    image border, and the last row/column of windows, which is snapped to the image edge, gets a
+    narrower cell), so the map covers the whole image; with ``stride ≥ window`` it is each window
+    itself, and pixels in no window stay NaN.
+
+    Args:
+        result: a :class:`lamcam.lam.DenseLAMResult` (``di`` ``(len(rows), len(cols))``).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> r = NS(di=torch.tensor([[1.0, 2.0]]), rows=[0], cols=[0, 4], window=2, stride=4,
+        ...        sr=torch.zeros(3, 2, 6))
+        >>> dense_heatmap(r)
+        array([[ 1.,  1., nan, nan,  2.,  2.],
+               [ 1.,  1., nan, nan,  2.,  2.]])
+    """
+    di = result.di.detach().to("cpu", torch.float64).numpy()
+    sh, sw = (int(v) for v in result.sr.shape[-2:])
+    if di.shape != (len(result.rows), len(result.cols)):
+        raise ValueError(f"di has shape {di.shape}, but the grid is {len(result.rows)}×{len(result.cols)}")
+    ri, rok = _cells(sh, list(result.rows), int(result.window))
+    ci, cok = _cells(sw, list(result.cols), int(result.window))
+    heat = di[ri[:, None], ci[None, :]].copy()
+    heat[~(rok[:, None] & cok[None, :])] = np.nan
+    return heat
+
+
+def _top_windows(di: np.ndarray, k: int, rows: list[int] | None = None,
+                 cols: list[int] | None = None, window: int = 0) -> list[tuple[int, int]]:
+    """Grid indices ``(i, j)`` of the ``k`` largest finite DIs, largest first (ties: row-major).
+
+    With ``rows``, ``cols`` and ``window``, a window that overlaps one already chosen is skipped
+    (greedy non-maximum suppression), so that overlapping windows (stride < window) do not all
+    mark the same spot.
+    """
+    flat = np.where(np.isfinite(di), di, -np.inf).ravel()
+    chosen: list[tuple[int, int]] = []
+    for o in np.argsort(-flat, kind="stable"):
+        if len(chosen) >= k or not np.isfinite(flat[o]):
+            break
+        i, j = divmod(int(o), di.shape[1])
+        if rows is not None and cols is not None and any(
+                abs(rows[i] - rows[a]) < window and abs(cols[j] - cols[b]) < window
+                for a, b in chosen):
+            continue
+        chosen.append((i, j))
+    return chosen
+
+
+def _grey(sr: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` → ``(H, W)`` luma (Rec. 601) in [0, 1], float32."""
+    rgb = _rgb(sr)
+    w = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
+    return (rgb * w).sum(0).numpy()
+
+
+def dense_figure(
+    result: DenseLAMResult,
+    *,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    top_k: int = 5,
+    cmap: str = DENSE_CMAP,
+    panel_size: float | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """Figure of a dense LAM (:meth:`lamcam.lam.LAM.dense`): where the network looks far.
+
+    Three panels, left to right:
+
+    (a) the SR output (clamped to [0, 1]);
+    (b) the DI heatmap (:func:`dense_heatmap`; colormap ``cmap`` at opacity
+        :data:`DENSE_ALPHA`, from the smallest to the largest DI) over the greyscale SR image,
+        with a colorbar "Diffusion Index" and the ``top_k`` highest-DI windows outlined and
+        ranked (red boxes with a white halo, the whole window; a window that overlaps a
+        higher-ranked one is skipped);
+    (c) a histogram of the DIs (bars coloured like the heatmap) with the median marked.
+
+    Above: ``title`` (e.g. the model name; default ``"Dense Diffusion Index map"``), a line with
+    the LR size, scale, window, stride, grid, σ, kernel and steps, and in small text what each
+    window was explained on (:func:`crop_statement`), the cost and which function of the model
+    (``params["model_call"]``) is explained. Layout is fixed in inches, as :func:`lam_figure`.
+
+    Args:
+        result: a :class:`lamcam.lam.DenseLAMResult`: ``di`` ``(len(rows), len(cols))`` over
+            windows with top-left corners ``(rows[i], cols[j])`` (SR pixels), ``sr``
+            ``(C', sH, sW)``.
+        path: if given, save a PNG there atomically (parents created) at ``dpi``.
+        title: first title line.
+        top_k: how many of the highest-DI windows to outline (at most a quarter of the windows,
+            none for a single window).
+        cmap: a matplotlib colormap name (a perceptually uniform one: viridis, magma, ...).
+        panel_size: image panel height in inches (width follows the SR aspect ratio); default:
+            the SR height at ``dpi``, kept within 2.4–3.4 inches.
+        dpi: resolution of the saved PNG.
+
+    Returns:
+        The :class:`~matplotlib.figure.Figure` (Agg canvas, not managed by pyplot). Axes in
+        order: SR image, heatmap (its images: the greyscale SR, then the DI overlay; its
+        ``Rectangle`` patches: the outlined windows, highest DI first), colorbar, histogram.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from lamcam.lam import LAM
+        >>> net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
+        >>> d = LAM(net, steps=3, progress=False).dense(torch.rand(3, 16, 16), window=8)
+        >>> fig = dense_figure(d, title="toy")
+        >>> len(fig.axes), fig.axes[2].get_ylabel(), len(fig.axes[1].patches)
+        (4, 'Diffusion Index', 4)
+    """
+    import matplotlib
+    from matplotlib import patheffects
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    di = result.di.detach().to("cpu", torch.float64).numpy()
+    if di.size == 0:
+        raise ValueError("the dense result has no windows")
+    finite = di[np.isfinite(di)]
+    heat = dense_heatmap(result)
+    sh, sw = heat.shape
+    p = result.params
+    window, stride = int(result.window), int(result.stride)
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+    else:
+        lo, hi = 0.0, 1.0
+    if hi - lo < 1e-9:  # all windows alike: a flat colour mid-scale
+        lo, hi = lo - 0.5, hi + 0.5
+    norm = Normalize(vmin=lo, vmax=hi)
+    colormap = matplotlib.colormaps[cmap]
+
+    if panel_size is None:
+        panel_size = min(3.4, max(2.4, sh / dpi))
+    aspect = min(max(sw / sh, 0.4), 2.5)
+    ph, pw = panel_size, panel_size * aspect
+    margin, gap, cb_pad, cb_w, cb_lab, hist_lab, hist_w = 0.15, 0.22, 0.08, 0.14, 0.72, 0.55, 2.7
+    fig_w = margin + pw + gap + pw + cb_pad + cb_w + cb_lab + hist_lab + hist_w + 0.25
+    small = [crop_statement(p)]
+    if isinstance(p.get("whole_image_lams"), int | float):
+        small.append(f"cost ≈ {p['whole_image_lams']:.3g} whole-image LAMs"
+                     + (f" in {p['seconds']:.1f} s" if isinstance(p.get("seconds"), int | float)
+                        else ""))
+    chars = int(fig_w * 19)  # characters of 6.5 pt text per line
+    small_lines = [_wrap("; ".join(t for t in small if t), chars, 2)]
+    if p.get("model_call"):
+        small_lines.append(_wrap(f"model: {p['model_call']}", chars, 1))
+    small_text = "\n".join(t for t in small_lines if t)
+    n_small = small_text.count("\n") + 1 if small_text else 0
+    title_h, label_h, note_h = 0.66 + 0.115 * n_small, 0.3, 0.62
+    fig_h = title_h + label_h + ph + note_h
+    fig = _new_figure(fig_w, fig_h, dpi)
+    bottom = note_h
+
+    def axes_at(x0: float, w: float) -> Any:
+        return fig.add_axes((x0 / fig_w, bottom / fig_h, w / fig_w, ph / fig_h))
+
+    def frame(ax: Any) -> None:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_linewidth(0.5)
+            spine.set_color("0.6")
+
+    # (a) the SR image
+    scale = p.get("scale", "?")
+    ax_sr = axes_at(margin, pw)
+    ax_sr.imshow(_hwc(_rgb(result.sr)), interpolation="antialiased", interpolation_stage="rgba")
+    frame(ax_sr)
+    ax_sr.set_title(f"(a) SR output ×{scale}  ({sh}×{sw})", fontsize=10, pad=4)
+
+    # (b) the DI heatmap over the greyscale SR image
+    x_heat = margin + pw + gap
+    ax_h = axes_at(x_heat, pw)
+    ax_h.imshow(_grey(result.sr), cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
+    overlay = ax_h.imshow(np.ma.masked_invalid(heat), cmap=colormap, norm=norm, alpha=DENSE_ALPHA,
+                          interpolation="nearest")
+    frame(ax_h)
+    cell = "window" if stride >= window else f"{stride}×{stride} cell centred in each window"
+    ax_h.set_title(f"(b) DI of each {window}×{window} window", fontsize=10, pad=4)
+    n_win = di.size
+    k = 0 if n_win < 2 else min(max(int(top_k), 0), max(1, n_win // 4))
+    top = _top_windows(di, k, list(result.rows), list(result.cols), window)
+    halo = [patheffects.withStroke(linewidth=2.6, foreground="white", alpha=0.85)]
+    for rank, (i, j) in enumerate(top, start=1):
+        r0, c0 = result.rows[i], result.cols[j]
+        ax_h.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), window, window, path_effects=halo,
+                                 **_BOX_KW))
+        ax_h.text(c0 + 0.02 * sw, r0 + 0.02 * sh, str(rank), color="red", fontsize=7,
+                  fontweight="bold", ha="left", va="top", path_effects=halo)
+    ax_h.set_xlim(-0.5, sw - 0.5)
+    ax_h.set_ylim(sh - 0.5, -0.5)
+    note = (f"colour: DI of the {cell}" + (f"; outlined: the {len(top)} highest-DI windows"
+            + (" that do not overlap" if stride < window else "")
+            + " (where the network looks farthest)" if top else ""))
+    fig.text((x_heat + pw / 2) / fig_w, (bottom - 0.1) / fig_h,
+             _wrap(note, int((pw + 2 * gap) * 15), 3), ha="center", va="top", fontsize=7.5,
+             color="0.3", linespacing=1.2)
+    cax = fig.add_axes(((x_heat + pw + cb_pad) / fig_w, bottom / fig_h, cb_w / fig_w, ph / fig_h))
+    cbar = fig.colorbar(overlay, cax=cax)
+    cbar.set_label("Diffusion Index", fontsize=9)
+    cbar.ax.tick_params(labelsize=8)
+    cbar.solids.set_alpha(1.0)  # the scale itself opaque: the colours of DI, not of the blend
+
+    # (c) the distribution of the DIs
+    x_hist = x_heat + pw + cb_pad + cb_w + cb_lab + hist_lab
+    ax_d = axes_at(x_hist, hist_w)
+    if finite.size:
+        n_bins = int(min(30, max(5, round(math.sqrt(finite.size) * 2))))
+        counts, edges, patches = ax_d.hist(finite, bins=n_bins, range=(lo, hi) if hi > lo else None,
+                                           edgecolor="0.25", linewidth=0.4)
+        for patch, a, b in zip(patches, edges[:-1], edges[1:], strict=True):
+            patch.set_facecolor(colormap(norm(0.5 * (a + b))))
+        med = float(np.median(finite))
+        ax_d.axvline(med, color="0.1", linestyle="--", linewidth=1.2, label=f"median {med:.2f}")
+        i_max, j_max = _top_windows(di, 1)[0]
+        ax_d.plot([], [], " ", label=f"max {float(di[i_max, j_max]):.2f} at\n(row {result.rows[i_max]}, "
+                  f"col {result.cols[j_max]})")
+        ax_d.legend(fontsize=7.5, frameon=False, loc="upper right", handlelength=1.6)
+        ax_d.set_ylim(0, max(counts.max(), 1) * 1.35)
+    ax_d.set_xlabel("Diffusion Index", fontsize=9)
+    ax_d.set_ylabel("windows", fontsize=9)
+    ax_d.tick_params(labelsize=8)
+    for side in ("top", "right"):
+        ax_d.spines[side].set_visible(False)
+    ax_d.set_title(f"(c) DI over {n_win} windows", fontsize=10, pad=4)
+
+    # titles
+    fig.text(0.5, 1.0 - 0.08 / fig_h, title or "Dense Diffusion Index map", ha="center", va="top",
+             fontsize=12, fontweight="bold")
+    parts = []
+    if "lr_size" in p:
+        parts.append(f"LR {p['lr_size'][0]}×{p['lr_size'][1]}, ×{scale}")
+    parts.append(f"window {window}×{window}, stride {stride} (SR px): {len(result.rows)}×"
+                 f"{len(result.cols)} = {n_win} windows")
+    path_txt = _params_text({k_: p[k_] for k_ in ("sigma", "kernel_size", "steps", "quadrature",
+                                                   "objective") if k_ in p})
+    if path_txt:
+        parts.append(path_txt)
+    fig.text(0.5, 1.0 - 0.36 / fig_h, "  ·  ".join(parts), ha="center", va="top", fontsize=8.5,
+             color="0.25")
+    fig.text(0.5, 1.0 - 0.6 / fig_h, small_text, ha="center", va="top", fontsize=6.5, color="0.35",
+             linespacing=1.25)
+    _save(fig, path, dpi)
+    return fig
+
+
+def _wrap(text: str, width: int, max_lines: int) -> str:
+    """``text`` wrapped to at most ``max_lines`` lines of about ``width`` characters (the last
+    one shortened with an ellipsis)."""
+    import textwrap
+
+    width = max(20, width)
+    lines = textwrap.wrap(text, width=width)
+    if len(lines) > max_lines:
+        rest = textwrap.shorten(" ".join(lines[max_lines - 1:]), width=width, placeholder=" …")
+        lines = [*lines[:max_lines - 1], rest]
+    return "\n".join(lines)
