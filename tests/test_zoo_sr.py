@@ -23,7 +23,7 @@ from PIL import Image
 import lamcam.zoo as zoo
 from lamcam._safetensors import read_metadata, save_file
 from lamcam.zoo import spandrel_compat, sr
-from lamcam.zoo.spandrel_compat import PadToRequirements
+from lamcam.zoo.spandrel_compat import PadToRequirements, SpandrelModel
 from training import sr_data
 
 SR_MODELS = ["sr_edsr", "sr_fsrcnn", "sr_rcan", "sr_swinir"]
@@ -229,7 +229,7 @@ def test_rcan_state_dict_loads_through_spandrel(tmp_path: Path, suffix: str) -> 
         save_file(state, path)  # no metadata at all
     model = zoo.load(path, arch="spandrel")
     meta = model.lamcam_meta
-    assert isinstance(model, PadToRequirements) and not model.training
+    assert isinstance(model, SpandrelModel) and not model.training and meta["call"] == "spandrel"
     assert meta["arch"] == "RCAN" and meta["source"] == "spandrel" and meta["name"] == "my_rcan"
     assert meta["task"] == "sr" and meta["scale"] == 4 and meta["in_channels"] == 3
     assert meta["input_range"] == 1.0
@@ -239,13 +239,15 @@ def test_rcan_state_dict_loads_through_spandrel(tmp_path: Path, suffix: str) -> 
         ref = ours(x)
         out = model(x)
     assert torch.equal(x, x0)  # spandrel's RCAN scales its input in place: never the caller's
-    assert out.shape == (1, 3, 52, 68) and torch.allclose(out, ref, atol=1e-5)
+    # spandrel's call clamps to [0, 1]; ours computes the bare network
+    assert out.shape == (1, 3, 52, 68) and torch.allclose(out, ref.clamp(0, 1), atol=1e-5)
     x.requires_grad_()
     model(x)[..., 20:30, 20:30].sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     # without arch=, our own RCAN recognises the same keys
     auto = zoo.load(path)
     assert auto.lamcam_meta["arch"] == "RCAN" and auto.lamcam_meta["source"] == str(path)
+    assert "agree" in auto.lamcam_meta["loader_evidence"]
 
 
 def test_edsr_state_dict(tmp_path: Path) -> None:
@@ -262,12 +264,12 @@ def test_edsr_state_dict(tmp_path: Path) -> None:
         zoo.load(path, arch="spandrel")
 
 
-def _check_padding(model: PadToRequirements, x: torch.Tensor, padded: tuple[int, int]) -> None:
+def _check_padding(model: SpandrelModel, x: torch.Tensor, padded: tuple[int, int]) -> None:
     h, w = x.shape[-2:]
     assert model.padded_size(h, w) == padded
     xp = F.pad(x, (0, padded[1] - w, 0, padded[0] - h), mode="reflect")
     with torch.no_grad():
-        ref = model.model(xp)[..., : 4 * h, : 4 * w]
+        ref = model.model(xp).clamp(0, 1)[..., : 4 * h, : 4 * w]
         out = model(x)
     assert out.shape == (1, 3, 4 * h, 4 * w) and torch.allclose(out, ref, atol=1e-6)
 

@@ -747,37 +747,70 @@ def _build(
     return model
 
 
-def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Module:
+def load(
+    name_or_path: str | os.PathLike, *, arch: str | None = None, call: str | None = None
+) -> nn.Module:
     """Load a registered model by name, or a checkpoint file by path.
+
+    Which loader reads a checkpoint file:
+
+    * ``arch=`` one of :func:`list_archs`, or an ``arch`` in the file's metadata that is
+      registered: that lamcam architecture;
+    * ``arch="spandrel"``: spandrel (``pip install 'lamcam[sr]'``), see
+      :mod:`lamcam.zoo.spandrel_compat`;
+    * otherwise the keys decide. If exactly one lamcam architecture recognises them and spandrel
+      detects none, lamcam's; if spandrel also detects an architecture, **both are built and
+      run on a seeded probe image** (8 px, or the smallest size spandrel's model accepts):
+      if their outputs (spandrel's without its clamp) agree to :data:`PROBE_RTOL` (relative to
+      the output's magnitude), lamcam's model is returned (``call=`` given: spandrel's) with
+      ``lamcam_meta["loader_evidence"]`` saying so; if they differ, ZooError says by how much
+      and asks for ``arch=`` -- a guess never silently changes the function. Keys no lamcam
+      architecture recognises go to spandrel.
 
     Args:
         name_or_path: a name from :func:`list_models`, or the path of a ``.safetensors`` file
             or a ``.pth``/``.pt`` state dict (raw, or under ``"state_dict"``/``"model"``).
-        arch: architecture name (see :func:`list_archs`); needed for checkpoints whose
-            metadata has no ``arch`` and whose keys match no registered architecture.
-            ``"spandrel"`` hands the state dict to spandrel directly. Without ``arch``, a
-            checkpoint that none of lamcam's architectures recognises goes to spandrel (if
-            installed: ``pip install 'lamcam[sr]'``), see :mod:`lamcam.zoo.spandrel_compat`.
+        arch: architecture name (see :func:`list_archs`), or ``"spandrel"``; see above.
+        call: for models loaded through spandrel, what the returned module computes:
+            ``"spandrel"`` (the default for them) -- exactly what spandrel's
+            ``descriptor(image)`` computes: pad to the architecture's size requirements, run,
+            clamp to [0, 1] (gradients vanish where the output saturates), crop; or
+            ``"module"`` -- the network on the input as given (no padding, no clamp; sizes
+            that violate the requirements raise ValueError). Passing ``call=`` for a model
+            lamcam builds itself (registered names, lamcam architectures, which have neither
+            padding nor clamp) raises ZooError; when both loaders read a file and agree,
+            ``call=`` selects spandrel's.
 
     Returns:
         The model on CPU in eval mode, with ``model.lamcam_meta`` (dict: ``name``, ``arch``,
         ``task``, ``classes``, ``input_size``, ``default_layer``, ``config``, ``source``,
         ``num_params`` and whatever else the checkpoint's metadata holds; SR models add
-        ``scale``, ``in_channels``, ``input_range``, ``receptive_field``). A checkpoint loaded
-        through spandrel is a :class:`~lamcam.zoo.spandrel_compat.PadToRequirements` around
-        spandrel's raw module, with ``source == "spandrel"``.
+        ``scale``, ``in_channels``, ``input_range``, ``receptive_field``; ``loader_evidence``
+        when two loaders were compared). A checkpoint loaded through spandrel is a
+        :class:`~lamcam.zoo.spandrel_compat.SpandrelModel` with ``source == "spandrel"``,
+        ``call``, ``call_doc`` (one sentence: what its forward computes) and
+        ``size_requirements``.
 
     Raises:
         UnknownModelError: not a registered name and not an existing file (lists the names).
         FileNotFoundError: a path (or a registered model's weights) does not exist.
-        ZooError: corrupt file, unknown architecture, or weights that do not fit.
+        ValueError: ``call`` is not None, ``"spandrel"`` or ``"module"``.
+        ZooError: corrupt file, unknown architecture, weights that do not fit, loaders that
+            disagree, or ``call=`` for a model that is not loaded through spandrel.
     """
+    if call is not None and call not in ("spandrel", "module"):
+        raise ValueError(f"call must be 'spandrel', 'module' or None, got {call!r}")
     if isinstance(name_or_path, str) and name_or_path in _MODELS:
         entry = _MODELS[name_or_path]
+        if call is not None and arch != "spandrel":
+            raise _call_not_spandrel(name_or_path, entry.arch)
         with _weights_path(entry) as path:
             if not path.is_file():
                 raise _missing_weights(entry, path)
             state, meta = _read_checkpoint(path)
+        if arch == "spandrel":
+            return _no_surprises(str(path), lambda: _build_or_spandrel(
+                state, meta, arch=arch, name=entry.name, src=str(path), call=call))
         return _no_surprises(str(path), lambda: _build(
             state, meta, arch=arch or entry.arch, name=entry.name, base_meta=entry.meta,
             src=str(path),
@@ -795,7 +828,16 @@ def load(name_or_path: str | os.PathLike, *, arch: str | None = None) -> nn.Modu
         raise ZooError(f"{path} is a directory; pass a .safetensors or .pth file")
     state, meta = _read_checkpoint(path)
     return _no_surprises(
-        str(path), lambda: _build_or_spandrel(state, meta, arch=arch, name=path.stem, src=str(path))
+        str(path),
+        lambda: _build_or_spandrel(state, meta, arch=arch, name=path.stem, src=str(path), call=call),
+    )
+
+
+def _call_not_spandrel(src: str, arch: str) -> ZooError:
+    return ZooError(
+        f"call= applies to models loaded through spandrel, but {src} loads as lamcam's {arch!r}, "
+        "which computes the network itself (no padding, no clamp). Omit call=, or pass "
+        "arch='spandrel' to run the checkpoint as spandrel does."
     )
 
 
@@ -816,6 +858,32 @@ def _no_surprises(src: str, fn: Callable[[], nn.Module]) -> nn.Module:
         ) from e
 
 
+#: Two loaders "agree" on a checkpoint when their outputs on the probe differ by at most this,
+#: relative to the largest output magnitude (float32 reorderings stay near 1e-7).
+PROBE_RTOL = 1e-5
+
+#: Side of the seeded probe image (raised to what spandrel's model requires).
+PROBE_SIZE = 8
+
+
+def _probe_difference(ours: nn.Module, theirs: nn.Module) -> tuple[float, str]:
+    """Relative max difference of the two networks on a seeded probe, and the probe's size.
+
+    ``theirs`` is a :class:`~lamcam.zoo.spandrel_compat.SpandrelModel`; its network is run
+    without clamp (its call function on the probe, which satisfies its size requirements).
+    """
+    h, w = theirs.padded_size(PROBE_SIZE, PROBE_SIZE)
+    channels = int(theirs.lamcam_meta["in_channels"])
+    x = torch.rand(1, channels, h, w, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = ours(x.clone())
+        b = theirs._run(x.clone())
+    if a.shape != b.shape:
+        return math.inf, f"{channels}x{h}x{w}"
+    scale = max(float(b.abs().max()), 1e-12)
+    return float((a - b).abs().max()) / scale, f"{channels}x{h}x{w}"
+
+
 def _build_or_spandrel(
     state: dict[str, torch.Tensor],
     file_meta: Mapping[str, Any],
@@ -823,12 +891,14 @@ def _build_or_spandrel(
     arch: str | None,
     name: str,
     src: str,
+    call: str | None = None,
 ) -> nn.Module:
-    """Our registered architectures first; spandrel for whatever they do not recognise.
+    """Our registered architectures or spandrel, as :func:`load` documents.
 
     ``arch="spandrel"`` goes to spandrel directly. An explicit unknown ``arch=`` is an error; an
     architecture named only in the file's metadata that we do not know, or no architecture at
-    all, is handed to spandrel (if installed).
+    all, is handed to spandrel (if installed). Keys that both a lamcam architecture and
+    spandrel recognise are cross-checked on a probe (:func:`_cross_check`).
     """
     from lamcam.zoo import spandrel_compat as sc
 
@@ -836,7 +906,7 @@ def _build_or_spandrel(
     if arch == "spandrel":
         try:
             with _build_guard(len(state)):
-                return sc.load_with_spandrel(state, name=name, source=src)
+                return sc.load_with_spandrel(state, name=name, source=src, call=call or "spandrel")
         except (sc.SpandrelUnavailable, sc.SpandrelUnsupported, _BuildLimit) as e:
             raise ZooError(f"cannot load {src} with spandrel (arch='spandrel'): {e}") from e
     stored = _parse_meta(file_meta).get("arch")
@@ -845,9 +915,14 @@ def _build_or_spandrel(
             f"the metadata 'arch' of {src} is a {type(stored).__name__}, not an architecture "
             f"name; pass arch= one of {list_archs()} (or arch='spandrel')."
         )
-    chosen = arch or stored or _infer_arch(state)
-    if arch is not None or (chosen is not None and chosen in _ARCHS):
+    if arch is not None or (stored is not None and stored in _ARCHS):
+        chosen = arch or stored
+        if call is not None:
+            raise _call_not_spandrel(src, str(chosen))
         return _build(state, file_meta, arch=chosen, name=name, base_meta={}, src=src)
+    inferred = _infer_arch(state) if stored is None else None
+    if inferred is not None:
+        return _cross_check(state, file_meta, inferred, name=name, src=src, call=call)
     if stored is not None:
         ours = f"its metadata names architecture {stored!r}, which is not registered"
     else:
@@ -855,7 +930,9 @@ def _build_or_spandrel(
                 f"({', '.join(n for n in list_archs() if _ARCHS[n].infer_config) or 'none'})")
     try:
         with _build_guard(len(state)):
-            return sc.load_with_spandrel(state, name=name, source=src, extra_meta=file_meta)
+            return sc.load_with_spandrel(
+                state, name=name, source=src, extra_meta=file_meta, call=call or "spandrel"
+            )
     except sc.SpandrelUnavailable as e:
         theirs = f"not available ({e})"
     except (sc.SpandrelUnsupported, _BuildLimit) as e:
@@ -870,6 +947,66 @@ def _build_or_spandrel(
         f"  - spandrel: {theirs}\n"
         f"The file holds {len(state)} tensors ({example})."
     )
+
+
+def _cross_check(
+    state: dict[str, torch.Tensor],
+    file_meta: Mapping[str, Any],
+    inferred: str,
+    *,
+    name: str,
+    src: str,
+    call: str | None,
+) -> nn.Module:
+    """Keys recognised by lamcam's ``inferred`` architecture: also ask spandrel (see load).
+
+    spandrel detecting nothing (or not installed) -> ours. spandrel detecting an architecture ->
+    build both (each under the registry's guards), run both on a seeded probe, and return ours
+    (or spandrel's when ``call`` is given) if they agree to :data:`PROBE_RTOL`; raise ZooError
+    if they differ. ``lamcam_meta["loader_evidence"]`` records what was found.
+    """
+    from lamcam.zoo import spandrel_compat as sc
+
+    other = sc.detected_arch(state)
+    if other is None:
+        if call is not None:
+            raise _call_not_spandrel(src, inferred)
+        model = _build(state, file_meta, arch=inferred, name=name, base_meta={}, src=src)
+        model.lamcam_meta["loader_evidence"] = (
+            f"lamcam {inferred} recognised the keys; spandrel detects no architecture in them "
+            "(or is not installed)")
+        return model
+    ours = _build(state, file_meta, arch=inferred, name=name, base_meta={}, src=src)
+    try:
+        with _build_guard(len(state)):
+            theirs = sc.load_with_spandrel(
+                state, name=name, source=src, extra_meta=file_meta, call=call or "spandrel"
+            )
+    except (sc.SpandrelUnavailable, sc.SpandrelUnsupported, _BuildLimit) as e:
+        if call is not None:
+            raise ZooError(
+                f"call= asks for spandrel's model, but spandrel cannot build {src}: {e}"
+            ) from e
+        ours.lamcam_meta["loader_evidence"] = (
+            f"lamcam {inferred} recognised the keys; spandrel detected {other} but could not "
+            f"build it ({_first_line(e)})")
+        return ours
+    their_arch = theirs.lamcam_meta["arch"]
+    diff, probe = _probe_difference(ours, theirs)
+    if not diff <= PROBE_RTOL:
+        raise ZooError(
+            f"both loaders read {src}, but their outputs differ: lamcam's {inferred!r} and "
+            f"spandrel's {their_arch!r} differ by {diff:.3g} (max difference relative to the "
+            f"output's magnitude, on a seeded {probe} probe; agreement means <= {PROBE_RTOL:g}). "
+            f"One of them misreads this checkpoint (e.g. an rgb_range or layer it cannot see in "
+            f"the keys). Pass arch={inferred!r} or arch='spandrel' explicitly to choose."
+        )
+    evidence = (f"lamcam {inferred} and spandrel {their_arch} both read the file and agree to "
+                f"{diff:.1g} (relative) on a seeded {probe} probe")
+    chosen = theirs if call is not None else ours
+    chosen.lamcam_meta["loader_evidence"] = evidence + (
+        "; spandrel's used (call= given)" if call is not None else "; lamcam's used")
+    return chosen
 
 
 # --------------------------------------------------------------------------------------------
@@ -965,6 +1102,12 @@ def _register_builtin() -> None:
     _register_sr()
 
 
+#: The RGB means a MeanShift may imply (see ``range_config`` in :func:`_register_sr`): a
+#: training set's mean lies well inside (0, 1) (DIV2K: 0.40-0.45). With rgb_range 1 the
+#: 255-convention reading gives means below 0.004; with 255 the 1-convention gives means > 1.
+MEAN_LOW, MEAN_HIGH = 0.02, 0.98
+
+
 def _register_sr() -> None:
     """The x4 super-resolution zoo (:mod:`lamcam.zoo.sr`, trained by :mod:`training.train_sr`)."""
     from lamcam.zoo import sr
@@ -984,19 +1127,39 @@ def _register_sr() -> None:
         return scale
 
     def range_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        if "sub_mean.weight" not in state:
+        """``norm`` and ``rgb_range`` from the MeanShift layers, assuming no dataset mean.
+
+        MeanShift (EDSR code base): weight = diag(1/std), bias = sign * rgb_range * mean / std.
+        The mean itself is in the weights (loaded with them); only ``rgb_range`` is a
+        constructor argument. Of the conventions 1 and 255, exactly one may imply an RGB mean
+        in [MEAN_LOW, MEAN_HIGH] for all three channels, in both ``sub_mean`` and ``add_mean``
+        (which must agree); anything else (both, neither, a non-diagonal or non-positive
+        weight, disagreeing layers) raises ValueError, so the file is not claimed.
+        """
+        if "sub_mean.weight" not in state and "add_mean.weight" not in state:
             return {"norm": False}
-        # values are read below: check the shapes first, so a lying tensor costs nothing
-        if state["sub_mean.weight"].shape != (3, 3, 1, 1) or state["sub_mean.bias"].shape != (3,):
-            raise ValueError("sub_mean is not a 3-channel 1x1 MeanShift")
-        # MeanShift: weight = 1/std on the diagonal, bias = -rgb_range * mean / std
-        diag = state["sub_mean.weight"].reshape(3, 3).diagonal().double()
-        mean = torch.tensor(sr.DIV2K_MEAN, dtype=torch.float64)
-        rgb_range = float((-state["sub_mean.bias"].double() / (mean * diag)).mean())
-        for known in (255.0, 1.0):
-            if abs(rgb_range - known) < 1e-3 * known:
-                rgb_range = known
-        return {"norm": True, "rgb_range": rgb_range}
+        layers = {}
+        for layer, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
+            w, b = state.get(f"{layer}.weight"), state.get(f"{layer}.bias")
+            # values are read below: check the shapes first, so a lying tensor costs nothing
+            if w is None or b is None or w.shape != (3, 3, 1, 1) or b.shape != (3,):
+                raise ValueError(f"{layer} is not a 3-channel 1x1 MeanShift")
+            w2 = w.reshape(3, 3).double()
+            diag = w2.diagonal()
+            if bool((w2 - torch.diag(diag)).abs().max() > 1e-6 * diag.abs().max()) or \
+                    not bool((diag > 0).all()):
+                raise ValueError(f"{layer}.weight is not a positive diagonal (1/std)")
+            layers[layer] = sign * b.double() / diag  # = rgb_range * mean
+        sub, add = layers["sub_mean"], layers["add_mean"]
+        if not bool(torch.allclose(sub, add, rtol=1e-4, atol=1e-6)):
+            raise ValueError(f"sub_mean and add_mean imply different means ({sub} vs {add})")
+        fits = [r for r in (1.0, 255.0)
+                if bool(((sub / r > MEAN_LOW) & (sub / r < MEAN_HIGH)).all())]
+        if len(fits) != 1:
+            raise ValueError(
+                f"MeanShift bias {sub.tolist()} implies a plausible RGB mean for "
+                f"{'both' if fits else 'neither'} of rgb_range 1 and 255")
+        return {"norm": True, "rgb_range": fits[0]}
 
     def edsr_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         head = state["head.0.weight"]
