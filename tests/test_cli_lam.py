@@ -315,6 +315,20 @@ def test_real_sr_model(tmp_path, capsys) -> None:
     assert record["scale"] == 4 and 0 < record["diffusion_index"] < 100
 
 
+def test_memory_refusal_is_one_line_exit_1(tmp_path, capsys, monkeypatch) -> None:
+    """A global network on an image whose path point does not fit: refused up front, exit 1."""
+    import lamcam.lam
+
+    monkeypatch.setattr(lamcam.lam, "available_bytes", lambda device=None: 10**6)
+    sample = lamcam.zoo.sr_samples()[0]
+    code = main(["lam", str(sample["lr"]), "--model", "sr_rcan", "--row", "4", "--col", "4",
+                 "--steps", "2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "needs about" in err and "free" in err and "global" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 # --------------------------------------------------------------------------------------------
 # the demo's LAM section
 # --------------------------------------------------------------------------------------------

@@ -180,7 +180,9 @@ def test_window_attention_crop_stays_on_the_window_grid() -> None:
 
 def test_measured_field_crop_for_a_model_without_metadata(lr: torch.Tensor) -> None:
     model = _Unshuffle()
-    lam = lamcam.LAM(model, steps=4, progress=False)
+    small = lamcam.LAM(model, steps=4, progress=False)(lr, 101, 37)  # 64x64: not worth measuring
+    assert small.params["crop"]["box"] is None and "small" in small.params["crop"]["reason"]
+    lam = lamcam.LAM(model, steps=4, progress=False, crop=True)
     a = lam(lr, 101, 37)
     b = lamcam.LAM(model, steps=4, progress=False, crop=False)(lr, 101, 37)
     crop = a.params["crop"]
@@ -195,7 +197,9 @@ def test_global_network_gets_the_whole_image(lr: torch.Tensor) -> None:
     assert a.params["crop"]["box"] is None and "global" in a.params["crop"]["reason"]
     with pytest.raises(ValueError, match="global"):
         lamcam.LAM(model, steps=2, progress=False, crop=True)(lr, 100, 100)
-    b = lamcam.LAM(_Gated(), steps=2, progress=False)(lr[:, :32, :32], 20, 20)
+    gated = lamcam.LAM(_Gated(), steps=2, progress=False)
+    assert not gated.field(lr).local and gated.field(lr).source == "measured"
+    b = gated(lr[:, :32, :32], 20, 20)
     assert b.params["crop"]["box"] is None and b.params["crop"]["field"]["source"] == "measured"
 
 

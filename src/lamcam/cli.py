@@ -58,10 +58,11 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 #: Default ``--max-pixels`` of ``lamcam cam`` / ``lamcam eval``: the image is only decoded (about
 #: 30 bytes per pixel, 0.5 GB at this size) and resized to the classifier's input.
 CAM_MAX_PIXELS = 4096 * 4096
-#: Default ``--max-pixels`` of ``lamcam lam``: LAM keeps the activations of every layer for the
-#: backward pass, 14-55 kB per LR pixel per path point for the bundled SR models, so a 1024 x 1024
-#: image already needs 14-57 GB per path point.
-LAM_MAX_PIXELS = 1024 * 1024
+#: Default ``--max-pixels`` of ``lamcam lam``: the image is decoded whole (0.5 GB at this size).
+#: Whole-image LAM keeps the activations of every layer for the backward pass (14-55 kB per LR
+#: pixel per path point for the bundled SR models), but networks with a bounded receptive field
+#: run on a crop around the window; LAM itself refuses, with the numbers, what does not fit.
+LAM_MAX_PIXELS = 4096 * 4096
 
 
 class CliError(Exception):
@@ -597,7 +598,8 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  lamcam lam lr.png --model sr_edsr --dense --stride 32\n"
             "  lamcam lam lr.png --model 4x_net.pth --call module --row 40 --col 40 --no-crop\n"
             "\nexit status: 0 ok, 1 the image file could not be read (corrupt/truncated/missing,\n"
-            "decompression bomb, NaN pixels, more than --max-pixels),\n"
+            "decompression bomb, NaN pixels, more than --max-pixels) or LAM on it would need\n"
+            "more memory than is free (refused up front, with the numbers),\n"
             "2 usage or configuration error (window off the image, not an image file, model\n"
             "output not an integer multiple of the input, NaN output, bad checkpoint, ...)"
         ),
@@ -650,8 +652,8 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="value range the model expects (default: the model's metadata, else 1)")
     p.add_argument("--out", default="lamcam-out", metavar="DIR",
                    help="output directory (default: lamcam-out)")
-    _add_max_pixels(p, LAM_MAX_PIXELS, "LAM needs 10-60 kB per LR pixel per path point for "
-                    "typical SR networks")
+    _add_max_pixels(p, LAM_MAX_PIXELS, "whole-image LAM needs 10-60 kB per LR pixel per path point "
+                    "for typical SR networks; networks with a bounded receptive field run on a crop")
     p.set_defaults(func=_run_lam)
 
 
@@ -1285,6 +1287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _err("interrupted")
             return 130
+        except MemoryError as e:
+            from lamcam._memory import LAMMemoryError
+
+            if not isinstance(e, LAMMemoryError):
+                raise
+            _err(" ".join(str(e).split()))  # refused up front, with the numbers
+            return EXIT_PARTIAL
         except Exception as e:  # noqa: BLE001 - the CLI's job is to turn these into one line
             if debug:
                 traceback.print_exc()

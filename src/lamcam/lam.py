@@ -51,6 +51,11 @@ __all__ = [
 #: checked before every cropped LAM); above it LAM falls back to the whole image and warns.
 CROP_TOLERANCE = 1e-5
 
+#: Without a declared receptive field, ``crop="auto"`` measures it (:func:`lamcam.receptive.
+#: measure_field`, a few dozen passes on 64² and 128² probes) only for images of at least this many
+#: LR pixels, where a crop saves more than the measurement costs.
+MEASURE_MIN_PIXELS = 160 * 160
+
 #: Images with more LR pixels than this are probed on two smaller crops (and the cost of one
 #: path point extrapolated) instead of a forward pass over the whole image.
 PROBE_PIXELS = 128 * 128
@@ -456,24 +461,29 @@ class LAM:
         x = self._prepare(image)
         key = (x.dtype, x.device)
         if key not in self._fields:
-            rf = self.receptive_field
-            if isinstance(rf, Field):
-                f = rf
-            elif rf == "global":
-                f = Field(None, 1, "user", "receptive_field='global'")
-            elif rf is not None:
-                declared = declared_field(self.model)
-                period = declared.period if declared is not None else 1
-                f = Field(int(rf) - 1, period, "user", f"receptive_field={rf} (LR pixels)")
-            else:
-                f = declared_field(self.model)
-                if f is None:
-                    req = getattr(self.model, "lamcam_meta", {}).get("size_requirements") or {}
-                    with model_guard(self.model):
-                        f = measure_field(self._net, x.shape[0], minimum=int(req.get("minimum", 0)),
-                                          multiple_of=int(req.get("multiple_of", 1)))
+            f = self._known_field(x)
+            if f is None:
+                req = getattr(self.model, "lamcam_meta", {}).get("size_requirements") or {}
+                with model_guard(self.model):
+                    f = measure_field(self._net, x.shape[0], minimum=int(req.get("minimum", 0)),
+                                      multiple_of=int(req.get("multiple_of", 1)))
             self._fields[key] = f
         return self._fields[key]
+
+    def _known_field(self, x: Tensor) -> Field | None:
+        """The field given by the user or declared by the model (None: it must be measured)."""
+        if (x.dtype, x.device) in self._fields:
+            return self._fields[(x.dtype, x.device)]
+        rf = self.receptive_field
+        if isinstance(rf, Field):
+            return rf
+        if rf == "global":
+            return Field(None, 1, "user", "receptive_field='global'")
+        if rf is not None:
+            declared = declared_field(self.model)
+            period = declared.period if declared is not None else 1
+            return Field(int(rf) - 1, period, "user", f"receptive_field={rf} (LR pixels)")
+        return declared_field(self.model)
 
     def scale_of(self, image: Tensor) -> int:
         """The integer scale factor for ``image`` ``(C, H, W)``.
@@ -533,8 +543,12 @@ class LAM:
         if user_objective and self.crop == "auto":
             return None, {"box": None, "reason": "a callable objective may read outputs outside "
                           "its window (pass crop=True if it does not)"}
-        f = self._field_of(x)
         h_img, w_img = x.shape[-2:]
+        if self.crop == "auto" and self._known_field(x) is None and h_img * w_img < MEASURE_MIN_PIXELS:
+            return None, {"box": None, "reason": f"the image is small ({h_img}x{w_img}) and the model "
+                          "declares no receptive field: measuring it would cost more than a crop "
+                          "saves (pass receptive_field= or crop=True to crop)"}
+        f = self._field_of(x)
         if not f.local:
             if self.crop is True:
                 raise ValueError(f"crop=True, but the receptive field is global ({f.detail}); "
