@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["available_bytes", "LAMMemoryError"]
+__all__ = ["available_bytes", "format_bytes", "LAMMemoryError"]
 
 
 class LAMMemoryError(MemoryError):
@@ -40,3 +40,16 @@ def available_bytes(device: torch.device | str | None = None) -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5e9`` -> ``"1.5 GB"`` (decimal units).
+
+    Example:
+        >>> format_bytes(34.6e9), format_bytes(512), format_bytes(2.5e12)
+        ('34.6 GB', '512 B', '2.5 TB')
+    """
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= f:
+            return f"{n / f:.3g} {unit}"
+    return f"{int(n)} B"

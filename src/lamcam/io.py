@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lamcam._memory import format_bytes
+
 __all__ = [
     "ImageLoadError",
     "ImageTooLargeError",
@@ -70,19 +72,6 @@ class ImageLoadError(ValueError):
 #: Peak memory of :func:`load_image` per pixel (measured: about 30 bytes for an 8-bit RGB image:
 #: Pillow's 4-byte pixels, the float32 (H, W, 3) array and its (3, H, W) copy).
 DECODE_BYTES_PER_PIXEL = 30
-
-
-def format_bytes(n: float) -> str:
-    """``1.5e9`` -> ``"1.5 GB"`` (decimal units).
-
-    Example:
-        >>> format_bytes(34.6e9), format_bytes(512), format_bytes(2.5e12)
-        ('34.6 GB', '512 B', '2.5 TB')
-    """
-    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= f:
-            return f"{n / f:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 class ImageTooLargeError(ImageLoadError):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lamcam._memory import LAMMemoryError, available_bytes
+from lamcam._memory import LAMMemoryError, available_bytes, format_bytes
 from lamcam.hooks import model_guard
 from lamcam.integrate import QUADRATURES, batch_for_budget, integrate_path, plan, probe_point_bytes
 from lamcam.metrics.diffusion import diffusion_index, diffusion_index_padded, mass_pixels
@@ -437,8 +437,6 @@ class LAM:
 
     def _check_memory(self, point_bytes: int, x: Tensor, what: str, way_out: str) -> None:
         """Refuse up front when one path point needs more than the memory limit."""
-        from lamcam.io import format_bytes
-
         limit = self.memory_limit if self.memory_limit is not None else available_bytes(x.device)
         if limit is None or point_bytes <= limit:
             return

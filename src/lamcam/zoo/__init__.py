@@ -15,7 +15,9 @@ attention, window self-attention) trained on scikit-image's public-domain images
 (4, 'global')
 
 Checkpoints of other SR architectures load through spandrel (``pip install 'lamcam[sr]'``):
-``lamcam.zoo.load("4x_SwinIR.pth")``; see :mod:`lamcam.zoo.spandrel_compat`.
+``lamcam.zoo.load("4x_SwinIR.pth")``; see :mod:`lamcam.zoo.spandrel_compat`. The LAM paper's
+model zoo (CARN, SAN, RNAN, DRLN, FSRCNN, RCAN, EDSR-baseline) loads from its authors' files;
+see :mod:`lamcam.zoo.paper_zoo`.
 See ``docs/zoo.md`` for the data, the architectures and how the weights were trained.
 """
 
