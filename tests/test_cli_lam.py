@@ -242,7 +242,11 @@ def test_dense_models_and_no_crop(sr_zoo, lr_image, tmp_path, capsys, one_thread
     assert record["whole_image_lams"] == pytest.approx(6.0)
 
 
-def test_no_crop_and_crop_statement(sr_zoo, lr_image, tmp_path, capsys, one_thread) -> None:
+def test_no_crop_and_crop_statement(sr_zoo, lr_image, tmp_path, capsys, one_thread,
+                                    monkeypatch) -> None:
+    import lamcam.lam
+
+    monkeypatch.setattr(lamcam.lam, "MEASURE_MIN_PIXELS", 0)  # measure even on this tiny image
     base = ["lam", str(lr_image), "--model", "srA", "--row", "10", "--col", "12", *FAST]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     cropped = capsys.readouterr().out
