@@ -6,12 +6,18 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint bench studies clean
 
+# Where torch 2.13.0 comes from. Empty (the default): pip's configured indexes, which pick a CPU
+# wheel only where one is configured (a local wheel, as on our CI); from PyPI alone, Linux gets the
+# CUDA build (about 2.8 GB of wheels with the nvidia-* libraries). For the CPU build elsewhere:
+#   make clean install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU wheel of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# torch first, so that nothing below asks for another (see TORCH_INDEX above).
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e '.[dev,sr]'
 	# spandrel (SR checkpoints) without its declared torchvision: PyPI's torchvision does not load
 	# beside the CPU torch, and asking for it would pull another torch. lamcam.zoo imports spandrel
 	# with a stand-in for the two non-SR architectures that need torchvision.

@@ -12,7 +12,12 @@ element of the dihedral group (flips / transposes) per image, which leaves every
 The weights file stores in ``__metadata__``: ``arch``, ``name``, ``task``, ``classes`` (JSON
 list), ``input_size``, ``default_layer``, ``config`` (JSON kwargs of the architecture),
 ``accuracy`` (held-out), ``eval_seed``, ``eval_n``, ``seed``, ``train_seed``, ``n_train``,
-``epochs``, ``train_time_s``, ``num_params``, ``torch_version`` and the command line.
+``epochs``, ``train_time_s``, ``num_params``, ``torch_version``, ``threads`` and the command line.
+
+Reproducible bit for bit only with the same torch build, the same ``--threads`` (the shipped
+files: 2) and the same kind of CPU: the thread count and the CPU's instruction set decide the
+order of float reductions in the convolutions and matrix products, so one thread and two, or two
+CPUs, give different weights (docs/zoo.md). The load of the machine does not matter.
 """
 
 from __future__ import annotations
@@ -181,6 +186,7 @@ def train_one(
         "train_time_s": f"{train_time:.1f}",
         "num_params": str(n_params),
         "torch_version": torch.__version__,
+        "threads": str(torch.get_num_threads()),  # the weights depend on it (docs/zoo.md)
         "command": command,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-eval", type=int, default=2000, help="held-out images")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--seed", type=int, default=0, help="torch seed (init, batch order, aug)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads; the weights are bit-identical only for the same count "
+                        "(the shipped files: 2)")
     p.add_argument("--samples", type=Path, default=None, help="also write bundled samples here")
     p.add_argument("--figure", type=Path, default=None, help="also save the docs sample grid")
     args = p.parse_args(argv)

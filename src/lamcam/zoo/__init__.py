@@ -14,7 +14,8 @@ attention, window self-attention) trained on scikit-image's public-domain images
 >>> sr.lamcam_meta["scale"], sr.lamcam_meta["receptive_field"]
 (4, 'global')
 
-Checkpoints of other SR architectures load through spandrel (``pip install 'lamcam[sr]'``):
+Checkpoints of other SR architectures load through spandrel (``pip install 'lamcam[sr]' &&
+pip install --no-deps 'spandrel==0.4.2'``: ``--no-deps`` keeps your torch):
 ``lamcam.zoo.load("4x_SwinIR.pth")``; see :mod:`lamcam.zoo.spandrel_compat`. The LAM paper's
 model zoo (CARN, SAN, RNAN, DRLN, FSRCNN, RCAN, EDSR-baseline) loads from its authors' files;
 see :mod:`lamcam.zoo.paper_zoo`.

@@ -374,10 +374,38 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return state, meta
 
 
+#: Longest reason :func:`_first_line` passes on from another library's exception.
+REASON_MAX_CHARS = 120
+
+_ANSI = r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]"
+#: Sentences of torch's text that must never reach a user: advice to disable the safe loader.
+_UNSAFE_ADVICE = (r"weights_only\s*(?:set\s+to\s+|=\s*)[`'\"]?False|trust the source|"
+                  r"two options|add_safe_globals|safe_globals|allowlist")
+
+
 def _first_line(e: BaseException) -> str:
-    """The first non-empty line of ``str(e)``, or a placeholder for an empty message."""
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0] if lines else "(no message)"
+    """A short, clean reason from ``str(e)``: ANSI escape codes stripped, torch's advice to load
+    with ``weights_only=False`` dropped (never given for files of unknown origin), the first
+    sentence of the first non-empty line, at most :data:`REASON_MAX_CHARS` characters (a
+    :class:`ZooError`, lamcam's own wording, keeps its whole first line); a placeholder for an
+    empty message."""
+    import re
+
+    text = re.sub(_ANSI, "", str(e))
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return ("it holds pickled Python objects besides tensors, which lamcam never unpickles "
+                "(unpickling can run arbitrary code)")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    if isinstance(e, ZooError):  # lamcam's own reasons are written to be shown whole
+        return lines[0]
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", lines[0])
+                 if not re.search(_UNSAFE_ADVICE, s, re.IGNORECASE)]
+    reason = sentences[0] if sentences else "(no usable message)"
+    if len(reason) > REASON_MAX_CHARS:
+        reason = reason[: REASON_MAX_CHARS - 3].rstrip() + "..."
+    return reason
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -393,12 +421,15 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         try:
             return fn(path)
         except Exception as e:  # noqa: BLE001 - every failure is reported below
-            errors.append(f"  - {label}: {type(e).__name__}: {_first_line(e)}")
+            reason = _first_line(e).removeprefix(f"{path}: ").rstrip(".")
+            if " " not in reason:  # a bare key or code (KeyError: 101) says nothing alone
+                reason = f"{type(e).__name__} {reason}"
+            errors.append(f"{label}: {reason}")
     raise ZooError(
-        f"cannot read checkpoint {path}: it is corrupt or not a supported format. Tried:\n"
-        + "\n".join(errors)
-        + "\nSupported: .safetensors files and .pth/.pt state dicts (raw, or under "
-        "'state_dict' / 'model'); re-save the weights with model.state_dict()."
+        f"cannot read checkpoint {path}: it is corrupt, truncated or not a supported format ("
+        + "; ".join(errors)
+        + "). Fix: re-save the weights as a state dict, with torch.save(model.state_dict(), "
+        "path) or safetensors.torch.save_file."
     )
 
 
@@ -770,7 +801,9 @@ def load(
     Args:
         name_or_path: a name from :func:`list_models`, or the path of a ``.safetensors`` file
             or a ``.pth``/``.pt`` state dict (raw, or under ``"state_dict"``/``"model"``).
-        arch: architecture name (see :func:`list_archs`), or ``"spandrel"``; see above.
+        arch: architecture name (see :func:`list_archs`), the name of a registered model
+            (``"shapes_vgg"`` stands for its architecture ``"ShapesVGG"``), or ``"spandrel"``;
+            see above.
         call: for models loaded through spandrel, what the returned module computes:
             ``"spandrel"`` (the default for them) -- exactly what spandrel's
             ``descriptor(image)`` computes: pad to the architecture's size requirements, run,
@@ -800,6 +833,8 @@ def load(
     """
     if call is not None and call not in ("spandrel", "module"):
         raise ValueError(f"call must be 'spandrel', 'module' or None, got {call!r}")
+    if isinstance(arch, str) and arch not in _ARCHS and arch in _MODELS:
+        arch = _MODELS[arch].arch  # a registered model's name stands for its architecture
     if isinstance(name_or_path, str) and name_or_path in _MODELS:
         entry = _MODELS[name_or_path]
         if call is not None and arch != "spandrel":

@@ -1,4 +1,7 @@
-"""Users' super-resolution / restoration checkpoints through spandrel (``pip install 'lamcam[sr]'``).
+"""Users' super-resolution / restoration checkpoints through spandrel (optional, see ``_INSTALL_HINT``).
+
+Install: ``pip install 'lamcam[sr]' && pip install --no-deps 'spandrel==0.4.2'``; ``--no-deps`` keeps
+your torch (spandrel declares torchvision, which would pull another torch build).
 
 `spandrel <https://github.com/chaiNNer-org/spandrel>`_ recognises several dozen published image
 restoration architectures (ESRGAN, SwinIR, HAT, RCAN, OmniSR, SPAN, DnCNN, ...) from the keys and
@@ -82,7 +85,10 @@ __all__ = [
 #: Attribute set on the stand-in torchvision modules (True).
 STAND_IN_MARK = "__lamcam_stand_in__"
 
-_INSTALL_HINT = "pip install 'lamcam[sr]'"
+_INSTALL_HINT = (
+    "pip install 'lamcam[sr]' && pip install --no-deps 'spandrel==0.4.2' "
+    "(--no-deps keeps your torch: spandrel's declared torchvision would replace it)"
+)
 
 
 class SpandrelUnavailable(ImportError):
@@ -160,7 +166,7 @@ def import_spandrel() -> types.ModuleType:
 
     Raises:
         SpandrelUnavailable: spandrel, or one of its dependencies (e.g. ``safetensors``,
-            ``einops``), is not installed; the message says ``pip install 'lamcam[sr]'``.
+            ``einops``), is not installed; the message gives the install line (``_INSTALL_HINT``).
     """
     loaded = sys.modules.get("spandrel")
     if loaded is not None:
