@@ -141,13 +141,31 @@ def test_cam_writes_outputs(tiny_zoo, images, tmp_path, capsys) -> None:
         "good_gradcam++.npy",
         "good_gradcam++.png",
     ]
-    assert Image.open(out / "good_gradcam++.png").size == (32, 32)
-    assert Image.open(out / "big_gradcam++.png").size == (32, 32)  # resized to input_size
+    # the overlay PNG is a titled figure (issue 12, item 13); it is at least the input's size
+    for name in ("good_gradcam++.png", "big_gradcam++.png"):
+        w, h = Image.open(out / name).size
+        assert w >= 32 and h >= 32
     raw = np.load(out / "good_gradcam++.npy")
     assert raw.shape == (16, 16)  # layer resolution
     lines = cap.out.strip().splitlines()
     assert len(lines) == 2 and "good.png: pred " in lines[0] and "(p=0." in lines[0]
-    assert "resized from 48x40 to 32x32" in cap.err  # the resize note
+    # aspect kept: the short side is resized to the input size, then centre-cropped (W x H)
+    assert "resized from 40x48 to 32x39, aspect kept, centre-cropped to 32x32" in lines[1]
+
+
+def test_cam_plain_and_gray_background(tiny_zoo, images, tmp_path, capsys) -> None:
+    """--plain writes the bare overlay at the image's size; the titled figure is larger; the
+    gray background changes the picture."""
+    runs = {"fig": [], "plain": ["--plain"], "gray": ["--plain", "--background", "gray"]}
+    pics = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["cam", str(images["good"]), "--model", "tiny", "--out", str(out), *extra]) == 0
+        pics[name] = np.asarray(Image.open(out / "good_gradcam++.png").convert("RGB"))
+    capsys.readouterr()
+    assert pics["plain"].shape[:2] == (32, 32)
+    assert pics["fig"].shape[0] > 100 and pics["fig"].shape[1] > 100
+    assert pics["gray"].shape == pics["plain"].shape and not np.array_equal(pics["gray"], pics["plain"])
 
 
 def test_cam_topk_and_gradient_method(tiny_zoo, images, tmp_path, capsys) -> None:

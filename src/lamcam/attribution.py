@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lamcam._progress import show
 from lamcam.cam import CAMResult
 from lamcam.hooks import model_guard
 from lamcam.integrate import integrate_path
@@ -50,7 +51,7 @@ class IntegratedGradients:
 
     def __init__(self, model: nn.Module, *, baseline: str | Tensor = "black", steps: int = 50,
                  quadrature: str = "riemann", sigma: float = 1.2, batch_size: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool | None = None) -> None:
         self.model = model
         self.baseline = baseline
         self.steps = steps
@@ -89,7 +90,7 @@ class IntegratedGradients:
                 r = integrate_path(
                     self.model, path, lambda out, c=c: out[:, c], steps=self.steps,
                     quadrature=self.quadrature, batch_size=self.batch_size,
-                    progress=f"{self.method} {b}" if self.progress else False,
+                    progress=f"{self.method} {b}" if show(self.progress) else False,
                 )
                 per_k.append(r.attribution)
                 errors.append(r.completeness_error)

@@ -256,6 +256,10 @@ class CAMResult:
     images: Tensor | None = field(default=None, repr=False)
     layouts: list[Layout] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """A short summary (shapes, method, layers, targets), never the tensors themselves."""
+        return _short_repr(self)
+
     @property
     def multi(self) -> bool:
         """True when maps carry a K dimension (several targets per image)."""
@@ -266,7 +270,7 @@ class CAMResult:
         return [list(row) for row in m]
 
     def overlay(
-        self, images: Tensor | None = None, alpha: float = 0.5, cmap: str = "jet"
+        self, images: Tensor | None = None, alpha: float = 0.5, cmap: str = "turbo"
     ) -> list[Any]:
         """PIL images: each map over its image (gradient maps rendered on their own).
 
@@ -346,6 +350,32 @@ class CAMResult:
 # --------------------------------------------------------------------------------------------
 # Explainers
 # --------------------------------------------------------------------------------------------
+
+
+def _shape(t: Any) -> str:
+    if isinstance(t, tuple):
+        return "(" + ", ".join(_shape(u) for u in t) + ")"
+    shape = getattr(t, "shape", None)
+    return "x".join(str(int(s)) for s in shape) if shape is not None else type(t).__name__
+
+
+def _short_list(values: list, n: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:n])
+    return f"[{shown}{', ...' if len(values) > n else ''}] ({len(values)})" if len(values) > n \
+        else f"[{shown}]"
+
+
+def _short_repr(r: CAMResult) -> str:
+    """``CAMResult(method=..., layers=..., maps=BxHxW, ...)``: bounded length for any batch."""
+    layers = r.layer_names if len(r.layer_names) <= 3 else [*r.layer_names[:3], "..."]
+    if r.targets is None:
+        targets = "custom"
+    else:
+        targets = _short_list(r.targets.detach().reshape(r.targets.shape[0], -1)[:, 0].tolist()
+                              if r.targets.ndim > 1 and r.targets.shape[-1] == 1
+                              else r.targets.detach().reshape(-1).tolist())
+    return (f"CAMResult(method={r.method!r}, kind={r.kind!r}, layers={layers}, maps={_shape(r.maps)}, "
+            f"raw={_shape(r.raw)}, logits={_shape(r.logits)}, targets={targets})")
 
 
 def _first_conv(model: nn.Module) -> nn.Module | None:

@@ -9,13 +9,22 @@ Subcommands:
 * ``lamcam demo`` -- every bundled sample through every bundled classifier and CAM method,
   with an HTML report.
 
-Exit status: 0 success; 1 some input images could not be read or their outputs could not be
-written (the others were processed; each failure is reported on stderr with the file named);
+* ``lamcam layers MODEL`` -- the layers of a model with their output shapes, default marked.
+
+Exit status: 0 success; 1 some input images could not be read (missing, truncated, corrupt, or
+not an image file at all: the same code in ``cam``, ``lam`` and ``eval``) or their outputs could
+not be written (the others were processed; each failure is reported on stderr with the file named);
 2 usage or configuration error (bad option, unwritable output directory, unknown model or layer,
 target out of range, ...); 3 unexpected internal error. Errors are reported on one line on
 stderr; ``--debug`` adds the Python traceback.
 
-Outputs: every file is written atomically (encoded in memory, written to a temporary file in the
+Progress and chatter: long commands show a progress bar iff stderr is a terminal (never in log
+files); ``-q``/``--quiet`` drops bars, result lines and notes (errors are still printed);
+``-v``/``--verbose`` adds the resolved model/layer facts.
+
+Outputs: the output directory is created only when the first file is written, after every
+argument, the model, the layer, the target and the window have been checked; a failed run leaves
+no empty directory. Every file is written atomically (encoded in memory, written to a temporary file in the
 output directory and renamed over the final name), so no output is ever half-written, even if
 the process is killed. Options that can fail (``--cmap``, ...) are checked before anything is
 written. Output names are decided up front for the whole batch so that two inputs never write
@@ -73,12 +82,85 @@ class CliError(Exception):
         self.code = code
 
 
+#: Set by :func:`main` from ``--quiet`` / ``--verbose``: -1 quiet, 0 normal, 1 verbose.
+_VERBOSITY = 0
+
+
 def _err(msg: str) -> None:
     print(f"lamcam: error: {msg}", file=sys.stderr)
 
 
 def _note(msg: str) -> None:
-    print(f"lamcam: note: {msg}", file=sys.stderr)
+    if _VERBOSITY >= 0:
+        print(f"lamcam: note: {msg}", file=sys.stderr)
+
+
+#: The progress bar of the running command, if any: result lines are written above it.
+_BAR: Any = None
+
+
+def _info(msg: str) -> None:
+    """A result line on stdout (dropped by --quiet)."""
+    if _VERBOSITY < 0:
+        return
+    if _BAR is not None:
+        _BAR.write(msg, file=sys.stdout)
+        sys.stdout.flush()
+    else:
+        print(msg, flush=True)
+
+
+def _detail(msg: str) -> None:
+    """A --verbose line on stderr (resolved model and layer facts)."""
+    if _VERBOSITY > 0:
+        print(f"lamcam: {msg}", file=sys.stderr)
+
+
+def _progress() -> bool | None:
+    """``progress=`` for the library: off with --quiet, else a bar iff stderr is a terminal."""
+    return False if _VERBOSITY < 0 else None
+
+
+def _image_bar(total: int, desc: str) -> Any:
+    """A tqdm bar over ``total`` images iff stderr is a terminal and not --quiet (else None)."""
+    from lamcam._progress import show
+
+    if total < 2 or not show(_progress()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="image", leave=False)
+
+
+def _check_out(value: str | Path) -> Path:
+    """Check that ``--out`` can be created (or written) without creating it.
+
+    The directory itself is made by :func:`_make_out` when the first file is written, so a run
+    that fails validation leaves nothing behind.
+    """
+    import os
+
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"output directory '{path}' exists but is not a directory")
+    probe = path
+    while not probe.exists():
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if probe.exists() and not probe.is_dir():
+        raise CliError(f"cannot create output directory '{path}': '{probe}' is not a directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        what = "write in" if probe == path else "create"
+        raise CliError(f"cannot {what} output directory '{path}': '{probe}' is not writable")
+    return path
+
+
+def _make_out(path: Path) -> Path:
+    from lamcam.io import ensure_writable_dir
+
+    return ensure_writable_dir(path)
 
 
 class _OutputClash(CliError):
@@ -123,6 +205,8 @@ class _Outputs:
         """Write ``{file name: content}`` into the output directory; returns the paths."""
         from lamcam._files import atomic_write_many
 
+        if not self.out_dir.is_dir():  # created on the first write, after all checks
+            _make_out(self.out_dir)
         batch: set[str] = set()
         for name in files:
             path = self.out_dir / name
@@ -290,11 +374,37 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
 
-def _make_explainer(method: str, model: Any, layer: Any, explicit_layer: bool = False) -> Any:
+def _layer_message(msg: str, model_spec: str | None) -> str:
+    """A wrong-layer message for a CLI user: point to ``lamcam layers``, not to Python."""
+    if "no layer named" not in msg:
+        return msg
+    msg = re.sub(r"\s*List them all with \[n for n, _ in model\.named_modules\(\)\]\.?", "", msg)
+    return f"{msg} List them all, with output shapes, with: lamcam layers {model_spec or 'MODEL'}"
+
+
+def _check_layer(model: Any, layer: Any, model_spec: str) -> None:
+    """Resolve ``--layer`` now (before any output), with the CLI's wrong-layer message."""
+    if layer is None:
+        return
+    from lamcam.hooks import resolve_layers
+
+    if isinstance(layer, str) and "," in layer:
+        layer = [s.strip() for s in layer.split(",") if s.strip()]
+    try:
+        resolve_layers(model, layer)
+    except ValueError as e:
+        raise CliError(_layer_message(str(e), model_spec)) from e
+
+
+def _make_explainer(method: str, model: Any, layer: Any, explicit_layer: bool = False,
+                    model_spec: str | None = None) -> Any:
     """``lamcam.make_explainer``, noting when a --layer given by the user goes unused."""
     from lamcam.cam import GuidedBackprop, make_explainer
 
-    explainer = make_explainer(method, model, layer)
+    try:
+        explainer = make_explainer(method, model, layer)
+    except ValueError as e:
+        raise CliError(_layer_message(str(e), model_spec)) from e
     if explicit_layer and type(explainer) is GuidedBackprop:
         _note(f"method {method!r} does not use a layer; --layer ignored")
     return explainer
@@ -309,6 +419,75 @@ def _load_model(spec: str, arch: str | None) -> Any:
 def _input_mode(meta: dict[str, Any]) -> str:
     channels = meta.get("channels", meta.get("in_channels", 3))
     return "L" if channels == 1 else "RGB"
+
+
+#: How ``lamcam cam`` / ``eval`` fit an image to the classifier's input size (help texts).
+FIT_HELP = ("images whose size differs from the model's input are resized so that their short "
+            "side matches it (aspect ratio kept, bilinear) and centre-cropped to the input size; "
+            "the result line says so")
+
+
+def _load_fitted(path: Path, mode: str, hw: tuple[int, int] | None,
+                 max_pixels: int | None) -> tuple[Any, str]:
+    """Load ``path`` and fit it to ``hw``: resize the short side (aspect kept), centre-crop.
+
+    Returns ``(tensor (C, h, w), text)``; ``text`` says what was done ('' when nothing was).
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    from lamcam.io import load_image
+
+    x = load_image(path, mode=mode, max_pixels=max_pixels)
+    if hw is None or tuple(x.shape[-2:]) == tuple(hw):
+        return x, ""
+    h, w = (int(s) for s in x.shape[-2:])
+    th, tw = hw
+    s = max(th / h, tw / w)
+    rh, rw = max(th, math.ceil(h * s - 1e-9)), max(tw, math.ceil(w * s - 1e-9))
+    shrink = rh < h or rw < w
+    y = F.interpolate(x[None], size=(rh, rw), mode="bilinear", align_corners=False,
+                      antialias=shrink)[0].clamp_(0.0, 1.0)
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    y = y[:, top:top + th, left:left + tw].contiguous()
+    crop = "" if (rh, rw) == (th, tw) else f", centre-cropped to {tw}x{th}"
+    return y, f"resized from {w}x{h} to {rw}x{rh}, aspect kept{crop}"
+
+
+def _image_inputs(specs: Sequence[str]) -> list[Path]:
+    """Image files from files and folders; ``*_mask.png`` ground truths are never images.
+
+    A folder gives its image files (sorted, not recursive); a note says how many mask files
+    were skipped.
+    """
+    paths: list[Path] = []
+    masks: list[str] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in _IMAGE_SUFFIXES
+                           and q.is_file())
+            kept = [q for q in found if not _is_mask(q)]
+            masks.extend(str(q) for q in found if _is_mask(q))
+            if not kept:
+                raise CliError(f"no images in folder {p}")
+            paths.extend(kept)
+        elif _is_mask(p):
+            masks.append(spec)  # a ground-truth mask picked up by a shell glob
+        else:
+            paths.append(p)
+    if masks:
+        shown = ", ".join(masks[:3]) + (f" and {len(masks) - 3} more" if len(masks) > 3 else "")
+        _note(f"skipped {len(masks)} ground-truth mask file(s) (*_mask.png are not explained as "
+              f"images): {shown}")
+    if not paths:
+        raise CliError("no images to explain (only *_mask.png ground-truth files were given)")
+    return paths
+
+
+def _is_mask(p: Path) -> bool:
+    return p.stem.lower().endswith("_mask")
 
 
 def _input_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
@@ -333,7 +512,9 @@ def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="class activation maps for image files",
         description=(
             "Explain a classifier's decision on image files. Writes, per image:\n"
-            "  <stem>_<method>.png  overlay (gradient image for guided-* methods);\n"
+            "  <stem>_<method>.png  the image and its overlay side by side, titled (method,\n"
+            "                       layer, target, score), with a colour bar (--plain: the\n"
+            "                       bare overlay; gradient image for guided-* methods);\n"
             "                       with --target topK, one per rank:\n"
             "                       <stem>_<method>_top<r>_<class>.png\n"
             "  <stem>_<method>.npy  the raw layer-resolution map(s)\n"
@@ -347,12 +528,20 @@ def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  lamcam cam img.png --model shapes_vgg\n"
             "  lamcam cam a.png b.jpg --model shapes_resnet --method gradcam --target top3\n"
             "  lamcam cam x.png --model ckpt.safetensors --arch shapes_vgg --layer features.20\n"
-            "\nexit status: 0 ok, 1 some images could not be read or written (the others were\n"
-            "processed), 2 usage/configuration error"
+            "  lamcam cam photos/ --model shapes_vgg -q\n"
+            "  lamcam layers shapes_vgg          (the layers --layer accepts)\n"
+            "\nimages: a folder gives its image files; *_mask.png ground-truth files are skipped\n"
+            "(with a note). Images whose size differs from the model's input are resized so\n"
+            "that their short side matches it (aspect ratio kept) and centre-cropped; the\n"
+            "result line says so. Nothing is created in --out before every check has passed.\n"
+            "\nexit status: 0 ok, 1 some images could not be read (missing, truncated, corrupt,\n"
+            "or not an image file) or written (the others were processed), 2 usage/configuration\n"
+            "error (unknown model or layer, target out of range, bad option, ...)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR",
+                   help="image files or folders to explain (*_mask.png files are skipped)")
     p.add_argument(
         "--model",
         required=True,
@@ -387,8 +576,14 @@ def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)"
     )
     p.add_argument(
-        "--cmap", default="jet", help="matplotlib colormap of the overlay (default: jet)"
+        "--cmap", default="turbo", help="matplotlib colormap of the overlay (default: turbo)"
     )
+    p.add_argument("--plain", action="store_true",
+                   help="write the bare overlay (image size, no title or colour bar) instead of "
+                   "the titled figure")
+    p.add_argument("--background", choices=("image", "gray"), default="image",
+                   help="under the heatmap: the image, or a dimmed grayscale copy (easier to read "
+                   "on saturated or striped images)")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -403,7 +598,7 @@ def _add_cam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def _run_cam(args: argparse.Namespace) -> int:
     import torch
 
-    from lamcam.io import ImageLoadError, ensure_writable_dir, load_image
+    from lamcam.io import ImageLoadError
 
     if not 0.0 <= args.alpha <= 1.0:
         raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -411,7 +606,8 @@ def _run_cam(args: argparse.Namespace) -> int:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
     max_pixels = _max_pixels(args.max_pixels)
     _check_cmap(args.cmap)
-    out_dir = ensure_writable_dir(args.out)  # fail before any work
+    out_dir = _check_out(args.out)  # created on the first write, after every check
+    paths = _image_inputs(args.images)
 
     model = _load_model(args.model, args.arch)
     meta = _model_meta(model)
@@ -420,19 +616,25 @@ def _run_cam(args: argparse.Namespace) -> int:
     layer: Any = args.layer if args.layer is not None else meta.get("default_layer")
     if isinstance(layer, str) and "," in layer:
         layer = [s.strip() for s in layer.split(",") if s.strip()]
-    explainer = _make_explainer(args.method, model, layer, explicit_layer=args.layer is not None)
+    explainer = _make_explainer(args.method, model, layer, explicit_layer=args.layer is not None,
+                                model_spec=args.model)
     hw = _input_hw(meta)
     mode = _input_mode(meta)
+    _detail(f"model {args.model}: {type(model).__name__}, input {mode} "
+            f"{'x'.join(map(str, hw)) if hw else 'any size'}, layer(s) "
+            f"{explainer.layer_names or 'picked automatically on the first batch'}, "
+            f"method {args.method}")
 
-    paths = [Path(name) for name in args.images]
+    names = [str(p) for p in paths]
     stems = _output_stems(paths)  # for the whole batch, before anything is read or written
-    for name, path, stem in zip(args.images, paths, stems, strict=True):
+    for name, path, stem in zip(names, paths, stems, strict=True):
         if stem != path.stem:
             _note(f"{name}: another input has the same name; writing outputs as {stem}_*")
     outputs = _Outputs(out_dir, inputs=paths)
     failed: list[str] = []
     unwritten: list[str] = []
     queue: list[tuple[str, Path, str, torch.Tensor]] = []
+    fits: dict[str, str] = {}
 
     def flush() -> None:
         if not queue:
@@ -451,25 +653,38 @@ def _run_cam(args: argparse.Namespace) -> int:
                 _err(f"{name}: cannot write its outputs: {' '.join(str(e).split())} (skipped)")
                 unwritten.append(name)
                 continue
-            print(line, flush=True)
+            if fits.get(name):  # before the arrow: the line still ends with the output file
+                head, arrow, tail = line.rpartition(" -> ")
+                line = f"{head} ({fits[name]}){arrow}{tail}"
+            _info(line)
+        if bar is not None:
+            bar.update(len(queue))
         queue.clear()
 
+    global _BAR
+    bar = _image_bar(len(paths), "cam")
+    _BAR = bar
     try:
-        for name, path, stem in zip(args.images, paths, stems, strict=True):
+        for name, path, stem in zip(names, paths, stems, strict=True):
             try:
-                x = load_image(path, mode=mode, size=hw, max_pixels=max_pixels)
+                x, fits[name] = _load_fitted(path, mode, hw, max_pixels)
             except ImageLoadError as e:
                 _err(f"{_load_error_text(e)} (skipped)")
                 failed.append(name)
+                if bar is not None:
+                    bar.update(1)
                 continue
             queue.append((name, path, stem, x))
             if len(queue) >= args.batch_size:
                 flush()
         flush()
     finally:
+        _BAR = None
+        if bar is not None:
+            bar.close()
         outputs.report()
 
-    n = len(args.images)
+    n = len(paths)
     if failed:
         _err(f"{len(failed)} of {n} image(s) could not be read: {', '.join(failed)}")
     if unwritten:
@@ -495,7 +710,7 @@ def _cam_outputs(
     import numpy as np
 
     from lamcam._files import image_bytes, npy_bytes
-    from lamcam.viz import gradient_image, overlay_cam
+    from lamcam.viz import figure_image, gradient_image, overlay_cam, overlay_figure
 
     method = args.method
     kind = getattr(res, "kind", "cam")
@@ -527,10 +742,24 @@ def _cam_outputs(
             used.add(tag.casefold())
             files[f"{stem}_{method}_{tag}.npy"] = npy_bytes(a)
 
-    def render(m: Any) -> Any:
-        if kind == "gradient":
-            return gradient_image(m)
-        return overlay_cam(image, m, alpha=args.alpha, cmap=args.cmap)
+    def render(m: Any, r: int = 0) -> Any:
+        background = getattr(args, "background", "image")
+        if getattr(args, "plain", False):  # the bare overlay / gradient image
+            if kind == "gradient":
+                return gradient_image(m)
+            return overlay_cam(image, m, alpha=args.alpha, cmap=args.cmap, background=background)
+        c = t_idx[r] if r < len(t_idx) else None
+        layer_txt = ", ".join(getattr(res, "layer_names", []) or []) or "input"
+        scores = getattr(res, "scores", None)
+        score = float(scores[i].reshape(-1)[r]) if scores is not None else float("nan")
+        tgt = "custom score" if c is None else f"{_class_name(classes, c)} (p={float(probs[c]):.3f})"
+        fig = overlay_figure(
+            image, m, kind=kind, title=path.name, alpha=args.alpha, cmap=args.cmap,
+            background=background,
+            image_title=f"input\npred: {_class_name(classes, pred)} (p={float(probs[pred]):.3f})",
+            panel_title=f"{method} · {layer_txt}\ntarget: {tgt}\nscore (logit) {score:.3g}",
+        )
+        return figure_image(fig)
 
     pngs: list[str] = []
     if multi:
@@ -538,7 +767,7 @@ def _cam_outputs(
             c = t_idx[r] if r < len(t_idx) else None
             cname = _safe_name(_class_name(classes, c)) if c is not None else "target"
             pngs.append(f"{stem}_{method}_top{r + 1}_{cname}.png")
-            files[pngs[-1]] = image_bytes(render(maps[r]))
+            files[pngs[-1]] = image_bytes(render(maps[r], r))
     else:
         pngs.append(f"{stem}_{method}.png")
         files[pngs[-1]] = image_bytes(render(maps))
@@ -597,11 +826,13 @@ def _add_lam_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  lamcam lam lr.png --model net.safetensors --arch EDSR --row 20 --col 30 --coords lr\n"
             "  lamcam lam lr.png --model sr_edsr --dense --stride 32\n"
             "  lamcam lam lr.png --model 4x_net.pth --call module --row 40 --col 40 --no-crop\n"
-            "\nexit status: 0 ok, 1 the image file could not be read (corrupt/truncated/missing,\n"
-            "decompression bomb, NaN pixels, more than --max-pixels) or LAM on it would need\n"
-            "more memory than is free (refused up front, with the numbers),\n"
-            "2 usage or configuration error (window off the image, not an image file, model\n"
-            "output not an integer multiple of the input, NaN output, bad checkpoint, ...)"
+            "\nNothing is created in --out before the models, the image and the window are checked.\n"
+            "\nexit status: 0 ok, 1 the image file could not be read (missing, truncated, corrupt,\n"
+            "not an image file, decompression bomb, NaN pixels, more than --max-pixels; the same\n"
+            "code as in cam and eval) or LAM on it would need more memory than is free (refused\n"
+            "up front, with the numbers), 2 usage or configuration error (window off the image,\n"
+            "IMAGE is a folder, model output not an integer multiple of the input, NaN output,\n"
+            "bad checkpoint, ...)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -726,9 +957,10 @@ def _lam_too_large(e: Any, models: Sequence[tuple[str, Any]], batch: int | None)
 
 def _load_lam_image(path: Path, mode: str, max_pixels: int | None,
                     models: Sequence[tuple[str, Any]], batch: int | None) -> Any:
-    """``load_image`` with the exit codes of ``lamcam lam``: 2 for a file that is not an image
-    at all (or a directory), 1 for an image that cannot be read (missing, corrupt, truncated,
-    decompression bomb, NaN pixels) or is larger than ``--max-pixels``."""
+    """``load_image`` with the exit codes of ``lamcam lam``: 2 for a directory (a usage error:
+    IMAGE is one file), 1 for a file that cannot be read (missing, corrupt, truncated, not an
+    image file at all, decompression bomb, NaN pixels; as in ``cam`` and ``eval``) or is larger
+    than ``--max-pixels``."""
     from lamcam.io import ImageLoadError, ImageTooLargeError, load_image
 
     try:
@@ -736,8 +968,8 @@ def _load_lam_image(path: Path, mode: str, max_pixels: int | None,
     except ImageTooLargeError as e:
         raise CliError(_lam_too_large(e, models, batch), EXIT_PARTIAL) from e
     except ImageLoadError as e:
-        not_image = e.reason.startswith(("not a recognised image format", "it is a directory"))
-        raise CliError(str(e), EXIT_USAGE if not_image else EXIT_PARTIAL) from e
+        folder = e.reason.startswith("it is a directory")
+        raise CliError(str(e), EXIT_USAGE if folder else EXIT_PARTIAL) from e
 
 
 def _run_lam(args: argparse.Namespace) -> int:
@@ -745,7 +977,6 @@ def _run_lam(args: argparse.Namespace) -> int:
     import time
 
     from lamcam._files import figure_bytes, npy_bytes
-    from lamcam.io import ensure_writable_dir
     from lamcam.lam import LAM
 
     if args.window < 1:
@@ -781,9 +1012,12 @@ def _run_lam(args: argparse.Namespace) -> int:
     else:
         specs = [args.model]
     max_pixels = _max_pixels(args.max_pixels)
-    out_dir = ensure_writable_dir(args.out)  # fail before any work
+    out_dir = _check_out(args.out)  # created on the first write, after every check
 
     image_path = Path(args.image)
+    if _is_mask(image_path):
+        raise CliError(f"{image_path} is a ground-truth mask (*_mask.png), not an image to explain",
+                       EXIT_PARTIAL)
     stem = image_path.stem
     names = _lam_model_names(specs)
     models = [(name, _load_lam_model(spec, args.arch, args.call))
@@ -798,22 +1032,25 @@ def _run_lam(args: argparse.Namespace) -> int:
         input_range = args.input_range or float(meta.get("input_range", 1.0))
         lam = LAM(model, sigma=args.sigma, kernel_size=args.kernel_size, steps=args.steps,
                   quadrature=args.quadrature, objective=args.objective,
-                  batch_size=args.batch_size, input_range=input_range, progress=True,
+                  batch_size=args.batch_size, input_range=input_range, progress=_progress(),
                   crop=False if args.no_crop else "auto")
         plans.append((name, spec, lam, images[mode]))
-    if len(plans) > 1:  # check every model's scale and window before the expensive part
-        for name, _, lam, x in plans:
-            try:
-                scale = lam.scale_of(x)  # the probe LAM caches and reuses
-                sr_hw = (x.shape[-2] * scale, x.shape[-1] * scale)
-                if args.dense:
-                    if args.window > min(sr_hw):
-                        raise ValueError(f"the window ({args.window}) must fit in the "
-                                         f"{sr_hw[0]}x{sr_hw[1]} SR image")
-                else:
-                    lam.window_origin(args.row, args.col, args.window, scale, sr_hw, args.coords)
-            except ValueError as e:
-                raise CliError(f"{name}: {' '.join(str(e).split())}") from None
+        _detail(f"model {name} ({spec}): {type(model).__name__}, input {mode}, input range "
+                f"{input_range:g}, LR image {images[mode].shape[-1]}x{images[mode].shape[-2]}")
+    # every model's scale and window are checked before the expensive part (and before --out)
+    for name, _, lam, x in plans:
+        try:
+            scale = lam.scale_of(x)  # the probe LAM caches and reuses
+            sr_hw = (x.shape[-2] * scale, x.shape[-1] * scale)
+            if args.dense:
+                if args.window > min(sr_hw):
+                    raise ValueError(f"the window ({args.window}) must fit in the "
+                                     f"{sr_hw[0]}x{sr_hw[1]} SR image")
+            else:
+                lam.window_origin(args.row, args.col, args.window, scale, sr_hw, args.coords)
+        except ValueError as e:
+            prefix = f"{name}: " if len(plans) > 1 else ""
+            raise CliError(f"{prefix}{' '.join(str(e).split())}") from None
 
     def json_bytes(obj: Any) -> bytes:
         return (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8")
@@ -856,9 +1093,9 @@ def _run_lam(args: argparse.Namespace) -> int:
             ce = r.completeness_error
             ce_txt = f"{100 * ce:.2g} %" if ce == ce else "n/a"
             crop_txt = crop_statement(r.params, short=True)
-            print(f"{image_path}: {name}: DI {r.diffusion_index:.2f}, pixels95 {r.pixels95}/"
+            _info(f"{image_path}: {name}: DI {r.diffusion_index:.2f}, pixels95 {r.pixels95}/"
                   f"{n_px}, completeness error {ce_txt}, " + (f"{crop_txt}, " if crop_txt else "")
-                  + f"{seconds:.1f} s -> {written[0]}", flush=True)
+                  + f"{seconds:.1f} s -> {written[0]}")
 
         if len(results) > 1:
             from lamcam.viz.lam import lam_comparison_figure
@@ -869,7 +1106,7 @@ def _run_lam(args: argparse.Namespace) -> int:
                 f"{stem}_lam_comparison.png": figure_bytes(fig, dpi=fig.dpi, facecolor="white"),
                 f"{stem}_lam_comparison.json": json_bytes(summary),
             })
-            print(f"{image_path}: comparison of {len(results)} models -> {written[0]}", flush=True)
+            _info(f"{image_path}: comparison of {len(results)} models -> {written[0]}")
     finally:
         outputs.report()
     return EXIT_OK
@@ -908,9 +1145,9 @@ def _lam_dense(args: argparse.Namespace, name: str, spec: str, lam: Any, x: Any,
     else:
         stats = "no finite DI"
     crop_txt = crop_statement(d.params, short=True)
-    print(f"{image_path}: {name}: dense DI {len(d.rows)}x{len(d.cols)} windows of {d.window} "
+    _info(f"{image_path}: {name}: dense DI {len(d.rows)}x{len(d.cols)} windows of {d.window} "
           f"(stride {d.stride}), {stats}, " + (f"{crop_txt}, " if crop_txt else "")
-          + f"{seconds:.1f} s -> {written[0]}", flush=True)
+          + f"{seconds:.1f} s -> {written[0]}")
 
 
 def _nan_argmax(t: Any) -> int:
@@ -964,9 +1201,8 @@ def _add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from lamcam.demo import run_demo
-    from lamcam.io import ensure_writable_dir
 
-    out_dir = ensure_writable_dir(args.out)
+    out_dir = _check_out(args.out)
     models = None
     if args.models is not None:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -974,10 +1210,11 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise CliError("--models is empty")
     if args.max_images is not None and args.max_images < 1:
         raise CliError(f"--max-images must be positive, got {args.max_images}")
-    before = _file_ids(out_dir)
+    before = _file_ids(out_dir) if out_dir.is_dir() else {}
+    _make_out(out_dir)
     try:
         summary = run_demo(out_dir, models=models, max_images=args.max_images,
-                           lam=not args.no_lam)
+                           lam=not args.no_lam, progress=_progress())
     finally:
         after = _file_ids(out_dir)
         replaced = sorted(p for p, fid in before.items() if p in after and after[p] != fid)
@@ -985,7 +1222,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             n = len(replaced)
             shown = ", ".join(replaced[:4]) + (f" and {n - 4} more" if n > 4 else "")
             _note(f"replaced {n} existing output file(s) in {out_dir}: {shown}")
-    print(summary.format())
+    _info(summary.format())
     return EXIT_OK
 
 
@@ -1016,7 +1253,7 @@ def _add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="score CAM methods: Average Drop, Win %%, deletion/insertion, localisation",
         description=(
             "Score several attribution methods on one classifier over a set of images and write\n"
-            "  summary.md    the table (best per column in bold), Win %%, results by instance count\n"
+            "  summary.md    the table (best per column in bold), Win %, results by instance count\n"
             "  summary.csv   one row per method;  per_image.csv  one row per (method, image)\n"
             "  *.png         metric bars, mean deletion/insertion curves, coverage by instance count\n"
             "Images come from files (ground-truth instance masks are read from <stem>_mask.png\n"
@@ -1028,7 +1265,12 @@ def _add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             "  lamcam eval --shapes 200 --model shapes_resnet --methods cam,gradcam,gradcam++\n"
             "  lamcam eval src/lamcam/zoo/samples/*.png --model shapes_vgg --out eval-vgg\n"
             "  lamcam eval photos/ --model ckpt.pth --arch shapes_vgg --metrics faithfulness\n"
-            "\nexit status: 0 ok, 1 some images could not be read, 2 usage/configuration error"
+            "\nimages: *_mask.png files are ground truth, never explained (skipped with a note).\n"
+            "Images whose size differs from the model's input are resized so that their short\n"
+            "side matches it (aspect ratio kept) and centre-cropped (a note says so; masks must\n"
+            "already be at the input size). Nothing is created in --out before every check.\n"
+            "\nexit status: 0 ok, 1 some images could not be read (missing, truncated, corrupt,\n"
+            "or not an image file; the others were evaluated), 2 usage/configuration error"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1064,20 +1306,7 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".
 
 
 def _eval_inputs(specs: Sequence[str]) -> list[Path]:
-    paths: list[Path] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in _IMAGE_SUFFIXES
-                           and not q.stem.endswith("_mask"))
-            if not found:
-                raise CliError(f"no images in folder {p}")
-            paths.extend(found)
-        elif p.stem.endswith("_mask"):
-            continue  # a ground-truth mask picked up by a shell glob
-        else:
-            paths.append(p)
-    return paths
+    return _image_inputs(specs)
 
 
 def _instance_masks(path: Path, hw: tuple[int, int]) -> Any:
@@ -1110,7 +1339,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from lamcam.evaluation import MetricUnavailableError, evaluate
-    from lamcam.io import ImageLoadError, ensure_writable_dir, load_image
+    from lamcam.io import ImageLoadError
 
     if (args.shapes is None) == (not args.images):
         raise CliError("give image files/folders or --shapes N (one of the two)")
@@ -1128,11 +1357,15 @@ def _run_eval(args: argparse.Namespace) -> int:
         if bad or not groups:
             raise CliError(f"unknown metric group(s) {bad}; choose from {', '.join(_EVAL_GROUPS)}")
     max_pixels = _max_pixels(args.max_pixels)
-    out_dir = ensure_writable_dir(args.out)
+    out_dir = _check_out(args.out)  # created just before writing, after every check
+    paths = _eval_inputs(args.images) if args.images else []
 
     model = _load_model(args.model, args.arch)
     meta = _model_meta(model)
+    _check_layer(model, args.layer, args.model)
     layer: Any = args.layer if args.layer is not None else meta.get("default_layer")
+    _detail(f"model {args.model}: {type(model).__name__}, layer "
+            f"{layer if layer is not None else 'picked automatically'}, methods {', '.join(methods)}")
     failed: list[str] = []
     labels = None
     if args.shapes is not None:
@@ -1148,18 +1381,24 @@ def _run_eval(args: argparse.Namespace) -> int:
     else:
         from lamcam.demo import load_samples
 
-        paths = _eval_inputs(args.images)
         hw = _input_hw(meta)
-        xs, kept = [], []
+        xs, kept, fitted = [], [], []
         for path in paths:
             try:
-                xs.append(load_image(path, mode=_input_mode(meta), size=hw, max_pixels=max_pixels))
+                x, fit = _load_fitted(path, _input_mode(meta), hw, max_pixels)
+                if fit:
+                    fitted.append(f"{path}: {fit}")
+                xs.append(x)
                 kept.append(path)
             except ImageLoadError as e:
                 _err(f"{_load_error_text(e)} (skipped)")
                 failed.append(str(path))
         if not xs:
             raise CliError("none of the images could be read", EXIT_PARTIAL)
+        if fitted:
+            _note(f"{len(fitted)} image(s) fitted to the model's input (short side resized, aspect "
+                  f"kept, centre-cropped), e.g. {fitted[0]}")
+            _detail("; ".join(fitted))
         shapes = {tuple(x.shape) for x in xs}
         if len(shapes) > 1:
             raise CliError(f"images have different sizes {sorted(shapes)} and the model declares no "
@@ -1187,16 +1426,104 @@ def _run_eval(args: argparse.Namespace) -> int:
     try:
         ev = evaluate(model, images, methods, labels=labels, instance_masks=masks, layer=layer,
                       target=args.target, groups=groups, input=args.input, steps=args.steps,
-                      substrate=args.substrate, batch_size=args.batch_size, image_ids=ids)
+                      substrate=args.substrate, batch_size=args.batch_size, image_ids=ids,
+                      progress=_progress())
     except MetricUnavailableError as e:
         raise CliError(str(e)) from e
     ev.config = {"model": args.model, "data": source, **ev.config}
-    written = ev.write(out_dir, title=f"lamcam eval: {args.model}")
-    print(ev.markdown())
-    print(f"wrote {len(written)} files to {out_dir} (summary.md, summary.csv, per_image.csv, plots)")
+    written = ev.write(_make_out(out_dir), title=f"lamcam eval: {args.model}")
+    _info(ev.markdown())
+    _info(f"wrote {len(written)} files to {out_dir} (summary.md, summary.csv, per_image.csv, plots)")
     if failed:
         _err(f"{len(failed)} image(s) could not be read: {', '.join(failed)}")
         return EXIT_PARTIAL
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# lamcam layers
+# --------------------------------------------------------------------------------------------
+
+
+def _add_layers_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "layers",
+        parents=[common],
+        help="list a model's layers (the names --layer accepts) with their output shapes",
+        description=(
+            "List every named module of a model with its output shape, from one forward pass on\n"
+            "a dummy (zero) input of the model's input size (its metadata, else --size). The\n"
+            "layer lamcam cam/eval explain by default is marked with '*'. Modules that do not\n"
+            "run in that pass show '-'."
+        ),
+        epilog=("examples:\n  lamcam layers shapes_vgg\n  lamcam layers ckpt.pth --arch shapes_vgg\n"
+                "  lamcam layers sr_edsr --size 32\n"
+                "\nexit status: 0 ok, 2 usage/configuration error (unknown model, bad checkpoint)"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="bundled model name or checkpoint path")
+    p.add_argument("--arch", default=None, help="architecture of a checkpoint")
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="side of the dummy input when the model declares no input size (default 64)")
+    p.set_defaults(func=_run_layers)
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.size is not None and args.size < 1:
+        raise CliError(f"--size must be positive, got {args.size}")
+    model = _load_model(args.model, args.arch)
+    meta = _model_meta(model)
+    hw = _input_hw(meta) or (args.size or 64,) * 2
+    channels = 1 if _input_mode(meta) == "L" else 3
+    param = next(iter(model.parameters()), None)
+    kw = {} if param is None else {"device": param.device, "dtype": param.dtype}
+    x = torch.zeros(1, channels, *hw, **kw)
+    shapes: dict[str, str] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_m: Any, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes.setdefault(name, "x".join(str(int(s)) for s in out.shape))
+            elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+                shapes.setdefault(name, "(" + ", ".join(
+                    "x".join(str(int(s)) for s in o.shape) for o in out
+                    if isinstance(o, torch.Tensor)) + ")")
+            else:
+                shapes.setdefault(name, type(out).__name__)
+        return record
+
+    named = [(n, m) for n, m in model.named_modules() if n]
+    for name, module in named:
+        handles.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    default = meta.get("default_layer")
+    how = "the model's default layer"
+    if default is None:
+        from lamcam.hooks import auto_layer
+
+        try:
+            default = auto_layer(model, x)[0]
+            how = "picked automatically by lamcam.hooks.auto_layer"
+        except (ValueError, RuntimeError, TypeError):
+            default, how = None, ""
+    width = max((len(n) for n, _ in named), default=4)
+    _info(f"{args.model}: {type(model).__name__}, dummy input {'x'.join(map(str, x.shape))}")
+    for name, module in named:
+        mark = "*" if name == default else " "
+        _info(f"{mark} {name:<{width}}  {shapes.get(name, '-'):<20} {type(module).__name__}")
+    if default is not None:
+        _info(f"* default layer: {default} ({how}); pass another with --layer NAME")
     return EXIT_OK
 
 
@@ -1209,7 +1536,15 @@ _SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_lam_parser,
     _add_eval_parser,
     _add_demo_parser,
+    _add_layers_parser,
 ]
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars, result lines or notes (errors are still printed)")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also print the resolved model and layer facts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1230,6 +1565,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show Python tracebacks on errors",
     )
+    _add_verbosity(common, default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="lamcam",
         description="Exact CAM-family and LAM attribution maps for PyTorch image models.",
@@ -1237,6 +1573,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lamcam {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    _add_verbosity(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for add in _SUBCOMMANDS:
         add(sub, common)
@@ -1274,6 +1611,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lamcam: choose a command: " + ", ".join(_command_names(parser)), file=sys.stdout)
         return EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
+    quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
+    if quiet and verbose:
+        _err("--quiet and --verbose cannot be combined")
+        return EXIT_USAGE
+    global _VERBOSITY
+    _VERBOSITY = -1 if quiet else (1 if verbose else 0)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lamcam import metrics as M
+from lamcam._progress import show
 from lamcam.cam import make_explainer
 from lamcam.maps import normalize_minmax
 
@@ -312,7 +313,7 @@ def evaluate(
     substrate: str = "zeros",
     batch_size: int = 16,
     image_ids: Sequence[Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Evaluation:
     """Score ``methods`` on ``model`` over ``images``.
 
@@ -331,7 +332,7 @@ def evaluate(
         steps: deletion/insertion steps; substrate: "zeros" or "blur" for deletion.
         batch_size: images per explanation call.
         image_ids: ids for the records (default 0..N-1).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar; ``None`` (default): iff stderr is a terminal.
 
     Raises:
         MetricUnavailableError: a requested group cannot be computed (localisation without
@@ -384,7 +385,7 @@ def evaluate(
     records: list[dict[str, Any]] = []
     curves: dict[str, list[list[Tensor]]] = {m: [[], []] for m in methods}
     total = n * len(methods)
-    with tqdm(total=total, desc="eval", unit="map", disable=not progress) as bar:
+    with tqdm(total=total, desc="eval", unit="map", disable=not show(progress)) as bar:
         for s in range(0, n, batch_size):
             x = images[s:s + batch_size]
             with torch.no_grad():

@@ -145,7 +145,7 @@ def integrate_path(
     quadrature: str = "riemann",
     batch_size: int | None = None,
     memory_budget: float = 1.0e9,
-    progress: bool | str = False,
+    progress: bool | str | None = None,
     completeness: bool = True,
 ) -> PathIntegral:
     """Integrate ``∇D(F(γ)) · dγ`` along ``path``.
@@ -158,7 +158,8 @@ def integrate_path(
         steps, quadrature: see the module docstring.
         batch_size: path points per pass; ``None`` picks the largest that fits
             ``memory_budget`` bytes (estimated by :func:`auto_batch_size`).
-        progress: show a tqdm bar (a string is used as its description).
+        progress: show a tqdm bar (a string is used as its description); ``None`` (default):
+            iff stderr is a terminal (:func:`lamcam._progress.show`).
         completeness: evaluate ``D(F(γ(0)))`` (one extra forward pass without gradients) to
             report the completeness error.
 
@@ -187,7 +188,7 @@ def integrate_path(
 
 
 def _integrate(model: nn.Module, path, objective: Objective, alphas: np.ndarray,  # noqa: ANN001
-               terms: list, batch_size: int, quadrature: str, progress: bool | str,
+               terms: list, batch_size: int, quadrature: str, progress: bool | str | None,
                completeness: bool) -> PathIntegral:
     """:func:`integrate_path` once its arguments are checked and the model is guarded."""
     x = path.x
@@ -197,7 +198,9 @@ def _integrate(model: nn.Module, path, objective: Objective, alphas: np.ndarray,
     obj_input = math.nan
     nan_seen = False
     bar = None
-    if progress:
+    from lamcam._progress import show
+
+    if show(progress):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=progress if isinstance(progress, str) else quadrature,

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lamcam._memory import LAMMemoryError, available_bytes, format_bytes
+from lamcam._progress import show as _show_progress
 from lamcam.hooks import model_guard
 from lamcam.integrate import QUADRATURES, batch_for_budget, integrate_path, plan, probe_point_bytes
 from lamcam.metrics.diffusion import diffusion_index, diffusion_index_padded, mass_pixels
@@ -120,6 +121,26 @@ def abs_normalized_map(attribution: Tensor) -> Tensor:
     return m / peak if peak > 0 else torch.zeros_like(m)
 
 
+#: LAM warns that a window is flat when ``|D(F(I)) − D(F(I'))|`` is at most this fraction of
+#: ``max(|D(F(I))|, |D(F(I'))|)``: the blur barely changes the objective, so what is integrated
+#: is float32 rounding (about 1e-7 relative per operation, accumulated over the window and the
+#: network's layers) rather than signal, and the map, its DI and completeness are meaningless.
+FLAT_RELATIVE_CHANGE = 1e-4
+
+
+def _dims(t: Any) -> str:
+    shape = getattr(t, "shape", None)
+    return "x".join(str(int(s)) for s in shape) if shape is not None else "?"
+
+
+def _crop_text(params: dict[str, Any]) -> str:
+    """The crop used, from ``params``, in a few characters (``None`` when not cropped)."""
+    crop = params.get("crop")
+    if isinstance(crop, dict):
+        crop = crop.get("box")
+    return "None" if crop is None else repr(tuple(crop))
+
+
 @dataclass
 class LAMResult:
     """What :class:`LAM` returns.
@@ -154,6 +175,14 @@ class LAMResult:
         from lamcam.viz.lam import lam_figure
 
         return lam_figure(self, path=path, title=title)
+
+    def __repr__(self) -> str:
+        """A short summary (DI, window, crop, shapes), never the tensors themselves."""
+        p = self.params
+        window = f"(row {p.get('row')}, col {p.get('col')}, {p.get('window')} SR px)"
+        return (f"LAMResult(DI={self.diffusion_index:.3g}, pixels95={self.pixels95}, "
+                f"window={window}, completeness_error={self.completeness_error:.3g}, "
+                f"LR={_dims(self.map)}, SR={_dims(self.sr)}, crop={_crop_text(p)})")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: DI, pixel count, completeness and all parameters."""
@@ -213,6 +242,15 @@ class DenseLAMResult:
         from lamcam.viz.lam import dense_figure
 
         return dense_figure(self, path=path, title=title)
+
+    def __repr__(self) -> str:
+        """A short summary (grid, DI range, shapes), never the tensors themselves."""
+        di = self.di.double()
+        fin = di[di.isfinite()]
+        rng = f"{float(fin.min()):.3g}..{float(fin.max()):.3g}" if fin.numel() else "n/a"
+        return (f"DenseLAMResult(grid={len(self.rows)}x{len(self.cols)}, window={self.window}, "
+                f"stride={self.stride}, DI={rng}, SR={_dims(self.sr)}, "
+                f"crop={_crop_text(self.params)})")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the DI grid, its summary and all parameters."""
@@ -296,7 +334,7 @@ class LAM:
             (bytes).
         input_range: 1.0 if the model takes [0, 1] images (default), 255.0 if it takes [0, 255];
             images given to LAM are always in [0, 1].
-        progress: show a tqdm bar.
+        progress: show a tqdm bar; ``None`` (default): iff stderr is a terminal.
         crop: receptive-field cropping (:mod:`lamcam.receptive`). ``"auto"`` (default): when the
             network's output at a pixel depends on a bounded neighbourhood, compute LAM on a
             crop that holds the window's whole receptive field (the blur path is still the whole
@@ -322,7 +360,7 @@ class LAM:
         batch_size: int | None = None,
         memory_budget: float = 1.0e9,
         input_range: float = 1.0,
-        progress: bool = True,
+        progress: bool | None = None,
         crop: bool | str = "auto",
         receptive_field: int | str | Field | None = None,
         memory_limit: float | None = None,
@@ -716,7 +754,7 @@ class LAM:
             n_points = len(plan(self.quadrature, self.steps)[0])
             passes = 0
             bar = None
-            if self.progress:
+            if _show_progress(self.progress):
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=n_win, desc="dense LAM", unit="window")
@@ -831,7 +869,7 @@ class LAM:
             obj_name = self.objective
         result = integrate_path(
             self._net, path, objective, steps=self.steps, quadrature=self.quadrature,
-            batch_size=self._batch(point_bytes), progress="LAM" if self.progress else False,
+            batch_size=self._batch(point_bytes), progress="LAM" if _show_progress(self.progress) else False,
         )
         if box is None:
             sr = result.output  # the network at γ(1) = x: always evaluated (completeness is on)
@@ -855,6 +893,16 @@ class LAM:
                 di = diffusion_index(amap)
         else:
             di = diffusion_index(amap)
+            change = abs(result.objective_input - result.objective_baseline)
+            scale_obj = max(abs(result.objective_input), abs(result.objective_baseline))
+            if change == change and change <= FLAT_RELATIVE_CHANGE * scale_obj:
+                warnings.warn(
+                    f"flat window at ({top}, {left}): the objective changes by only {change:.2g} "
+                    f"along the blur path ({change / scale_obj:.1g} of D(F(I)) = {scale_obj:.3g}, "
+                    f"below {FLAT_RELATIVE_CHANGE:g}), so the attribution is rounding noise "
+                    f"(completeness error {100 * result.completeness_error:.2g} %) and the DI of "
+                    "this window is not meaningful; choose a window with edges or texture",
+                    stacklevel=3)
         params = {
             "lr_size": [int(x.shape[-2]), int(x.shape[-1])], "scale": scale, "row": top,
             "col": left, "window": int(window), "coords": coords, "sigma": self.sigma,
