@@ -14,6 +14,12 @@ Output layout::
     <out>/lam/<sample>_<model>_lam.png       the LAM panel of each SR model
     <out>/lam/<sample>_lam_comparison.png    all SR models on the same window, DI bar chart
     <out>/thumbs/                            downscaled copies shown in the report
+    <out>/.lamcam-demo-manifest.json         the files the last run wrote (see below)
+
+Re-running into the same folder refreshes it: every file the previous run listed in the
+manifest and the new run did not write again is deleted (stale figures of a model or sample
+no longer shown); files the demo did not write are never touched. Progress: one line per step
+on stderr (``progress=False``: none), plus a bar when stderr is a terminal.
 
 Example:
     >>> from lamcam.demo import run_demo                       # doctest: +SKIP
@@ -53,6 +59,8 @@ __all__ = [
     "psnr_y",
     "lam_sections",
     "run_demo",
+    "refresh_outputs",
+    "MANIFEST",
 ]
 
 #: Methods shown in every demo figure, in display order.
@@ -159,6 +167,85 @@ class DemoSummary:
 # --------------------------------------------------------------------------------------------
 # samples
 # --------------------------------------------------------------------------------------------
+
+
+MANIFEST = ".lamcam-demo-manifest.json"
+
+
+def _say(progress: bool | None, msg: str) -> None:
+    """One progress line on stderr (unless ``progress`` is False); above a running bar, if any."""
+    if progress is not False:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"lamcam demo: {msg}", file=sys.stderr)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative posix path: (inode, mtime_ns)}`` of the files under ``root``."""
+    ids: dict[str, tuple[int, int]] = {}
+    if root.is_dir():
+        for p in root.rglob("*"):
+            try:
+                if p.is_file() and not p.is_symlink():
+                    st = p.stat()
+                    ids[p.relative_to(root).as_posix()] = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                continue
+    return ids
+
+
+def _read_manifest(root: Path) -> list[str]:
+    try:
+        data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        files = data.get("files", []) if isinstance(data, dict) else []
+        return [f for f in files if isinstance(f, str)]
+    except (OSError, ValueError):
+        return []
+
+
+def refresh_outputs(root: str | os.PathLike, before: Mapping[str, tuple[int, int]]) -> list[str]:
+    """Record what this run wrote and delete what the previous run wrote and this one did not.
+
+    Written by this run = files under ``root`` that are new or replaced since the ``before``
+    snapshot (every lamcam writer renames a new file over the old one, so a rewritten file has a
+    new inode). Deleted = paths listed in the previous manifest, not written now, that still are
+    plain files inside ``root``; directories emptied by that are removed too. Files that no
+    manifest lists (the user's) are never touched.
+
+    Returns:
+        The deleted paths (relative, posix).
+    """
+    root = Path(root)
+    old = _read_manifest(root)
+    now = _snapshot(root)
+    written = sorted(k for k, v in now.items() if before.get(k) != v and k != MANIFEST)
+    keep = set(written)
+    base = root.resolve()
+    removed: list[str] = []
+    for rel in old:
+        if rel in keep or rel == MANIFEST:
+            continue
+        path = root / rel
+        try:
+            resolved = path.resolve()
+            if base not in resolved.parents or path.is_symlink() or not path.is_file():
+                continue
+            path.unlink()
+            removed.append(rel)
+        except OSError:
+            continue
+        parent = path.parent
+        while parent.resolve() != base:
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
+            parent = parent.parent
+    from lamcam._files import atomic_write_text
+
+    atomic_write_text(root / MANIFEST, json.dumps({"tool": "lamcam demo", "files": written},
+                                                  indent=1) + "\n")
+    return removed
 
 
 def _first(d: dict[str, Any], *keys: str) -> Any:
@@ -274,8 +361,10 @@ def classifier_sections(
         leave=False,
     )
     try:
-        for name in models:
+        for k_model, name in enumerate(models, 1):
             t0 = time.perf_counter()
+            _say(progress, f"[CAM {k_model}/{len(models)}] {name}: {len(methods)} methods on "
+                 f"{len(samples)} image(s)")
             bar.set_description(f"{name}: loading")
             model = zoo.load(name)
             meta = dict(getattr(model, "lamcam_meta", {}) or {})
@@ -318,6 +407,9 @@ def classifier_sections(
                     METHOD_TITLES.get(m, m): (results[m].kind, results[m].maps[b]) for m in methods
                 }
                 fig_path = out_dir / _safe(model_name) / f"{s.path.stem}.png"
+                if b == 0:
+                    _say(progress, f"[CAM {k_model}/{len(models)}] {model_name}: writing "
+                         f"{len(samples)} figure(s)")
                 methods_figure(
                     x[b],
                     panels,
@@ -328,12 +420,9 @@ def classifier_sections(
                     title_color="black" if ok in (True, None) else "#b00000",
                 )
                 figures.append(fig_path)
-                caption = (
-                    f"{s.path.name}\ntrue: {s.truth_text()}\n"
-                    f"pred: {cname(p_cls)} (p={float(probs[b, p_cls]):.3f})"
-                )
                 status = None if ok is None else ("ok" if ok else "bad")
-                images.append(ReportImage(fig_path.relative_to(out_dir), caption, status))
+                # no caption: the figure's title already names the file, truth and prediction
+                images.append(ReportImage(fig_path.relative_to(out_dir), "", status, alt=title))
                 bar.update(1)
             seconds = time.perf_counter() - t0
             summary = ModelSummary(
@@ -350,13 +439,17 @@ def classifier_sections(
                 f"Architecture {arch}, explained layer {layer_name}, input "
                 f"{tuple(x.shape[1:])}. Every method explains the predicted class. "
                 f"{summary.format()}.\n\n"
-                "CAM-family panels show the [0, 1] map over the image (jet, alpha 0.5); "
+                "CAM-family panels show the [0, 1] map over the image (turbo, alpha 0.5); "
                 "guided panels show the signed input gradient (mean-centred, std-scaled, "
                 "grey = 0). Boxes on the input: ground-truth instances. Green frame: correct "
                 "prediction, red: wrong. Click a figure for full size.\n\n"
-                "Caveat: Guided Backprop and the guided Grad-CAM variants fail the "
-                "model-randomisation sanity check (Adebayo et al., 2018); their fine detail "
-                "largely reflects image edges rather than what the weights learned."
+                "Caveat: only CAM and Grad-CAM pass the model-randomisation sanity check "
+                "(Adebayo et al., 2018) on both bundled classifiers. Grad-CAM++ (the CLI's "
+                "default) and its softmax variant fail it on these conv -> GAP -> linear heads: "
+                "their maps barely change when the head is randomised. Guided Backprop and "
+                "Guided Grad-CAM++ fail it on both models, Guided Grad-CAM on shapes_vgg; their "
+                "fine detail largely reflects image edges rather than what the weights learned "
+                "(docs/results.md, study b)."
             )
             sections.append(Section(f"{model_name}: CAM-family methods", text, images))
     finally:
@@ -599,8 +692,9 @@ def lam_sections(
     notes: dict[str, str] = {}
     where: tuple[int, int] | None = None
     scale = None
-    for name in models:
+    for k_model, name in enumerate(models, 1):
         t0 = time.perf_counter()
+        _say(progress, f"[LAM {k_model}/{len(models)}] {name}: {steps} path steps")
         model = zoo.load(name)
         meta = dict(getattr(model, "lamcam_meta", {}) or {})
         label = str(meta.get("name") or Path(name).stem) if Path(name).is_file() else name
@@ -624,7 +718,8 @@ def lam_sections(
             notes[label] = f"PSNR {psnr:.2f} dB"
         fig_path = lam_dir / f"{sname}_{_safe(label)}_lam.png"
         r.figure(path=fig_path, title=f"{label}  ·  {lr_path.name}")
-        images.append(ReportImage(fig_path.relative_to(out), f"{label}: DI {r.diffusion_index:.2f}"))
+        images.append(ReportImage(fig_path.relative_to(out), "",  # title and DI are in the figure
+                                  alt=f"{label}: DI {r.diffusion_index:.2f}"))
         ce = r.completeness_error
         rows.append([
             label, meta.get("arch", "?"), f"{n_params / 1e3:.0f} k", f"{r.diffusion_index:.2f}",
@@ -699,6 +794,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    before = _snapshot(out)
     out.mkdir(parents=True, exist_ok=True)
     if models is None:
         classifiers, sr_models = default_models(), (default_sr_models() if lam else [])
@@ -724,13 +820,19 @@ def run_demo(
     if lam and (models is None or sr_models):
         lam_secs, lines = lam_sections(out, sr_models, progress=progress)
         sections += lam_secs
+    _say(progress, "writing index.html")
     index = write_index_html(
         out,
         sections,
+        thumb_width=1400,
         title="lamcam demo",
         subtitle=(
             f"lamcam {__version__} · torch {torch.__version__} · {n_samples} classifier sample "
             f"images · {len(classifiers)} classifier(s) · {len(sr_models)} SR model(s)"
         ),
     )
+    removed = refresh_outputs(out, before)
+    if removed:
+        _say(progress, f"removed {len(removed)} stale file(s) of an earlier run: "
+             + ", ".join(removed[:4]) + (" ..." if len(removed) > 4 else ""))
     return DemoSummary(out, index, summaries, time.perf_counter() - t0, lines)

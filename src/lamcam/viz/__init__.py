@@ -12,7 +12,15 @@ Example:
 """
 
 from lamcam.viz.lam import kde_map, lam_comparison_figure, lam_figure, lam_panels
-from lamcam.viz.overlay import gradient_image, heatmap, methods_figure, overlay_cam, to_pil
+from lamcam.viz.overlay import (
+    figure_image,
+    gradient_image,
+    heatmap,
+    methods_figure,
+    overlay_cam,
+    overlay_figure,
+    to_pil,
+)
 from lamcam.viz.report import ReportImage, Section, write_index_html
 
 __all__ = [
@@ -21,6 +29,8 @@ __all__ = [
     "overlay_cam",
     "gradient_image",
     "methods_figure",
+    "overlay_figure",
+    "figure_image",
     "kde_map",
     "lam_panels",
     "lam_figure",

@@ -77,6 +77,7 @@ __all__ = [
     "seismic_rgb",
     "lam_panels",
     "lam_figure",
+    "inset_region",
     "lam_comparison_figure",
     "dense_heatmap",
     "dense_figure",
@@ -425,6 +426,105 @@ def _save(fig: Figure, path: str | os.PathLike | None, dpi: int) -> None:
     atomic_save_figure(Path(path), fig, dpi=dpi, format="png", facecolor="white")
 
 
+def inset_region(result: LAMResult, mass: float = 0.99, margin: float = 0.15,
+                 min_size: int = 8) -> tuple[int, int, int, int]:
+    """The LR region ``(r0, r1, c0, c1)`` (end exclusive) that the zoomed LAM inset shows.
+
+    The bounding box of the fewest LR pixels holding ``mass`` of the map's total, joined with
+    the window's LR footprint, grown by ``margin`` × its size on every side (at least 2 LR
+    pixels), at least ``min_size`` LR pixels on a side, squared up where the image allows, and
+    clipped to the image.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from lamcam.lam import LAM
+        >>> net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
+        >>> r = LAM(net, steps=4, progress=False)(torch.rand(3, 40, 40), row=40, col=40, window=8)
+        >>> r0, r1, c0, c1 = inset_region(r)
+        >>> r0 <= 20 and r1 >= 24 and c0 <= 20 and c1 >= 24 and r1 - r0 < 40
+        True
+    """
+    m = np.nan_to_num(np.abs(result.map.detach().to("cpu", torch.float64).numpy()))
+    h, w = m.shape
+    p = result.params
+    s = max(1, int(p.get("scale", 1)))
+    row, col, win = int(p.get("row", 0)), int(p.get("col", 0)), int(p.get("window", s))
+    fr0, fc0 = row // s, col // s
+    fr1, fc1 = -(-(row + win) // s), -(-(col + win) // s)
+    total = float(m.sum())
+    if total > 0:
+        flat = np.sort(m.ravel())[::-1]
+        k = int(np.searchsorted(np.cumsum(flat), mass * total)) + 1
+        thr = flat[min(k, flat.size) - 1]
+        rr, cc = np.nonzero(m >= thr)
+        fr0, fr1 = min(fr0, int(rr.min())), max(fr1, int(rr.max()) + 1)
+        fc0, fc1 = min(fc0, int(cc.min())), max(fc1, int(cc.max()) + 1)
+    side = max(fr1 - fr0, fc1 - fc0)
+    pad = max(2, math.ceil(margin * side))
+    side = max(side + 2 * pad, min_size)
+
+    def span(a: int, b: int, n: int) -> tuple[int, int]:
+        size = min(side, n)
+        mid = (a + b) / 2
+        lo = int(round(mid - size / 2))
+        lo = min(max(lo, 0), n - size)
+        return min(lo, a), max(lo + size, b)
+
+    r0, r1 = span(fr0, fr1, h)
+    c0, c1 = span(fc0, fc1, w)
+    return max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+
+
+def _is_local(result: LAMResult, region: tuple[int, int, int, int], share: float = 0.25) -> bool:
+    """Whether the inset region is a small part (≤ ``share`` of the area) of the LR image."""
+    h, w = result.map.shape[-2:]
+    r0, r1, c0, c1 = region
+    return (r1 - r0) * (c1 - c0) <= share * h * w
+
+
+def _draw_inset(fig: Figure, result: LAMResult, region: tuple[int, int, int, int], *,
+                x0: float, bottom: float, size: float, fig_w: float, fig_h: float,
+                map_ax: Any, title: bool = True) -> Any:
+    """The zoomed inset: the LAM map over the LR region, nearest-neighbour, with the window box;
+    its data coordinates are SR pixels (the extent of the region), as on the full panels."""
+    from matplotlib import patheffects
+    from matplotlib.patches import Rectangle
+
+    halo = [patheffects.withStroke(linewidth=2.8, foreground="white", alpha=0.8)]
+    p = result.params
+    s = max(1, int(p.get("scale", 1)))
+    r0, r1, c0, c1 = region
+    amap = result.map.detach().to("cpu", torch.float32)[r0:r1, c0:c1]
+    lr = _rgb(result.image)[:, r0:r1, c0:c1]
+    grey = (0.299 * lr[0] + 0.587 * lr[1] + 0.114 * lr[2]).numpy()
+    rgb = seismic_rgb(amap.numpy())
+    shade = (0.55 + 0.45 * grey)[..., None]  # the LR structure, faintly, under the map
+    img = np.clip(rgb * shade, 0.0, 1.0)
+    ax = fig.add_axes((x0 / fig_w, bottom / fig_h, size / fig_w, size / fig_h), label="lam-inset")
+    ax.imshow(img, interpolation="nearest",
+              extent=(c0 * s - 0.5, c1 * s - 0.5, r1 * s - 0.5, r0 * s - 0.5))
+    ax.set_xlim(c0 * s - 0.5, c1 * s - 0.5)
+    ax.set_ylim(r1 * s - 0.5, r0 * s - 0.5)
+    ax.tick_params(labelsize=7, length=2, pad=1)
+    for spine in ax.spines.values():
+        spine.set_linewidth(1.0)
+        spine.set_color("0.2")
+        spine.set_linestyle((0, (3, 2)))
+    row, col, win = p.get("row"), p.get("col"), p.get("window")
+    if None not in (row, col, win):
+        box = {**_BOX_KW, "linewidth": 1.0, "linestyle": (0, (4, 2))}
+        ax.add_patch(Rectangle((col - 0.5, row - 0.5), win, win, path_effects=halo, **box))
+    zoom = round(max(result.map.shape[-1] / (c1 - c0), result.map.shape[-2] / (r1 - r0)), 1)
+    if title:
+        ax.set_title(f"zoom ×{zoom:g} on the LAM\n(over LR luma; axes in SR px)", fontsize=8.5,
+                 pad=4)
+    # where the zoom is, on the full map panel
+    map_ax.add_patch(Rectangle((c0 * s - 0.5, r0 * s - 0.5), (c1 - c0) * s, (r1 - r0) * s,
+                               fill=False, edgecolor="0.15", linewidth=1.0,
+                               linestyle=(0, (3, 2))))
+    return ax
+
+
 def lam_figure(
     result: LAMResult,
     path: str | os.PathLike | None = None,
@@ -432,6 +532,7 @@ def lam_figure(
     *,
     panel_size: float | None = None,
     dpi: int = 100,
+    inset: bool | None = None,
 ) -> Figure:
     """The LAM paper's panel for one result, one row (see the module docstring), with its DI.
 
@@ -446,32 +547,48 @@ def lam_figure(
         panel_size: panel height in inches (width follows the SR aspect ratio); default: the SR
             height at ``dpi`` (one screen pixel per SR pixel), kept within 2–3 inches.
         dpi: resolution of the saved PNG.
+        inset: add a sixth panel, a zoom on the LR region around the window
+            (:func:`inset_region`: the box of 99 % of the map's mass and the window's footprint,
+            plus a margin), where the map of a local model — a speck on the full panel — shows
+            its structure; a dashed box on the map panel marks the region. ``None`` (default):
+            only when that region covers at most a quarter of the LR image.
 
     Returns:
         The matplotlib :class:`~matplotlib.figure.Figure` (Agg canvas, not managed by pyplot);
         its first 5 axes are the panels, the window box is a ``Rectangle`` patch on axes 0 and 4
-        (red, with a thin white halo so that it stays visible on red textures).
+        (red, with a thin white halo so that it stays visible on red textures); the inset, when
+        drawn, is the last axes (label ``"lam-inset"``, data coordinates in SR pixels).
 
     Example:
         >>> import torch, torch.nn as nn
         >>> from lamcam.lam import LAM
         >>> net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2))
         >>> r = LAM(net, steps=4, progress=False)(torch.rand(3, 16, 16), row=8, col=8, window=8)
-        >>> fig = lam_figure(r, title="toy")
+        >>> fig = lam_figure(r, title="toy", inset=False)
         >>> len(fig.axes), fig.axes[0].patches[0].get_xy()
         (5, (7.5, 7.5))
     """
     if panel_size is None:
         panel_size = min(3.0, max(2.0, result.sr.shape[-2] / dpi))
     ph, pw = _panel_geometry(result, panel_size)
+    region = inset_region(result)
+    if inset is None:
+        inset = _is_local(result, region)
     gap, label_h, title_h, di_w, margin = 0.12, 0.3, 0.62, 1.35, 0.12
-    fig_w = margin + 5 * pw + 4 * gap + 0.2 + di_w
-    fig_h = title_h + label_h + ph + 0.1
+    inset_w = ph + 0.45 if inset else 0.0  # square panel plus room for its tick labels
+    if inset:
+        label_h = 0.45  # two-line inset title
+    fig_w = margin + 5 * pw + 4 * gap + inset_w + 0.2 + di_w
+    fig_h = title_h + label_h + ph + 0.1 + (0.2 if inset else 0.0)
     fig = _new_figure(fig_w, fig_h, dpi)
-    _draw_row(fig, result, top=title_h, left=margin, ph=ph, pw=pw, gap=gap, label_h=label_h,
-              titles=True, fig_w=fig_w, fig_h=fig_h)
-    _di_text(fig, result, margin + 5 * pw + 4 * gap + 0.25, fig_h - title_h - label_h - ph / 2,
-             fig_w, fig_h)
+    axes = _draw_row(fig, result, top=title_h, left=margin, ph=ph, pw=pw, gap=gap,
+                     label_h=label_h, titles=True, fig_w=fig_w, fig_h=fig_h)
+    if inset:
+        _draw_inset(fig, result, region, x0=margin + 5 * pw + 4 * gap + 0.4,
+                    bottom=fig_h - title_h - label_h - ph, size=ph, fig_w=fig_w, fig_h=fig_h,
+                    map_ax=axes[1])
+    _di_text(fig, result, margin + 5 * pw + 4 * gap + inset_w + 0.25,
+             fig_h - title_h - label_h - ph / 2, fig_w, fig_h)
     fig.text(0.5, 1.0 - 0.08 / fig_h, title or "Local Attribution Map", ha="center", va="top",
              fontsize=12, fontweight="bold")
     sub = _params_text(result.params)
@@ -490,8 +607,13 @@ def lam_comparison_figure(
     notes: Mapping[str, str] | None = None,
     panel_size: float = 2.0,
     dpi: int = 100,
+    inset: bool | None = None,
 ) -> Figure:
     """LAM of several models on the same window: one panel row per model, and a DI bar chart.
+
+    With ``inset`` (``None``: when the attributions are local, see :func:`lam_figure`) every
+    row ends with a zoom on the same LR region (the union of the models' :func:`inset_region`),
+    so the models' local structure can be compared at one scale.
 
     Each row shows the five panels of :func:`lam_figure` (titles on the first row only), the
     model name on the left and its DI on the right. Below, a bar chart with one bar per model
@@ -529,7 +651,15 @@ def lam_comparison_figure(
     gap, label_h, row_gap, title_h, di_w, name_w = 0.1, 0.3, 0.12, 0.62, 1.35, 0.55
     bar_h, bar_pad = 2.3, 0.55
     n = len(names)
-    fig_w = name_w + 5 * pw + 4 * gap + 0.2 + di_w
+    regions = [inset_region(results[k]) for k in names]
+    region = (min(g[0] for g in regions), max(g[1] for g in regions),
+              min(g[2] for g in regions), max(g[3] for g in regions))
+    if inset is None:
+        inset = _comparable(results) and _is_local(first, region)
+    inset_w = ph + 0.45 if inset else 0.0
+    if inset:
+        label_h, row_gap = 0.45, 0.3
+    fig_w = name_w + 5 * pw + 4 * gap + inset_w + 0.2 + di_w
     rows_h = label_h + n * ph + (n - 1) * row_gap
     fig_h = title_h + rows_h + bar_pad + bar_h + 0.15
     fig = _new_figure(fig_w, fig_h, dpi)
@@ -538,14 +668,18 @@ def lam_comparison_figure(
     for i, name in enumerate(names):
         r = results[name]
         top = title_h + i * (ph + row_gap)  # a title slot of label_h stays above every row
-        _draw_row(fig, r, top=top, left=name_w, ph=ph, pw=pw, gap=gap, label_h=label_h,
-                  titles=i == 0, fig_w=fig_w, fig_h=fig_h)
+        axes = _draw_row(fig, r, top=top, left=name_w, ph=ph, pw=pw, gap=gap, label_h=label_h,
+                         titles=i == 0, fig_w=fig_w, fig_h=fig_h)
+        if inset:
+            _draw_inset(fig, r, region, x0=name_w + 5 * pw + 4 * gap + 0.4,
+                        bottom=fig_h - top - label_h - ph, size=ph, fig_w=fig_w, fig_h=fig_h,
+                        map_ax=axes[1], title=i == 0)
         y_mid = fig_h - title_h - label_h - i * (ph + row_gap) - ph / 2
         label = name + (f"\n{notes[name]}" if name in notes else "")
         fig.text((name_w - 0.12) / fig_w, y_mid / fig_h, label, rotation=90, ha="right",
                  va="center", fontsize=10 if name not in notes else 9, fontweight="bold",
                  linespacing=1.3, multialignment="center")
-        _di_text(fig, r, name_w + 5 * pw + 4 * gap + 0.25, y_mid, fig_w, fig_h)
+        _di_text(fig, r, name_w + 5 * pw + 4 * gap + inset_w + 0.25, y_mid, fig_w, fig_h)
 
     # DI bar chart
     import matplotlib

@@ -34,9 +34,33 @@ from PIL import Image
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["to_pil", "heatmap", "overlay_cam", "gradient_image", "methods_figure"]
+__all__ = [
+    "DEFAULT_CMAP",
+    "BACKGROUNDS",
+    "to_pil",
+    "heatmap",
+    "overlay_cam",
+    "gradient_image",
+    "methods_figure",
+    "overlay_figure",
+    "figure_image",
+]
 
 ImageLike = torch.Tensor | np.ndarray | Image.Image
+
+#: Default colormap of CAM overlays and heatmaps: ``"turbo"`` (Google's perceptually smoothed
+#: rainbow). Why turbo rather than jet or inferno: jet's lightness is not monotonic and has
+#: sharp bands (false edges at cyan and yellow) that merge with striped or saturated
+#: backgrounds; turbo keeps the blue → red reading users of jet expect but with a smooth,
+#: nearly symmetric lightness profile and no bands, so equal map steps look equal. inferno is
+#: strictly monotonic in lightness, but its low end is near-black, so an alpha blend darkens
+#: every cold region of the photo and hides the content the map is about; with turbo the cold
+#: end stays a mid-dark blue and the image remains readable under it. For print in grayscale
+#: or for colour-blind readers, pass ``cmap="inferno"`` or ``"viridis"``.
+DEFAULT_CMAP = "turbo"
+
+#: Background choices of :func:`overlay_cam`: the image itself, or a dimmed grayscale copy.
+BACKGROUNDS = ("image", "gray")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,20 +165,37 @@ def _heat_rgb(m: torch.Tensor, cmap: str) -> np.ndarray:
     return _colormap(cmap)(m.numpy())[..., :3].astype(np.float32)
 
 
+def _background(img: np.ndarray, background: str) -> np.ndarray:
+    """The layer under the heatmap: the image, or its luma dimmed into ``[0.1, 0.6]``.
+
+    The grayscale option removes the image's own colours (which compete with the colormap's on
+    saturated or striped backgrounds) and compresses its contrast, so the map carries all of
+    the hue while the shapes stay recognisable.
+    """
+    if background == "image":
+        return img
+    if background in ("gray", "grey"):
+        luma = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.repeat((0.1 + 0.5 * luma)[..., None], 3, axis=-1)
+    raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+
+
 # --------------------------------------------------------------------------------------------
 # single-image renderers
 # --------------------------------------------------------------------------------------------
 
 
 def heatmap(
-    cam_map: torch.Tensor | np.ndarray, cmap: str = "jet", size: tuple[int, int] | None = None
+    cam_map: torch.Tensor | np.ndarray,
+    cmap: str = DEFAULT_CMAP,
+    size: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Colour a ``(H, W)`` map in ``[0, 1]`` with a matplotlib colormap.
 
     Args:
         cam_map: ``(H, W)`` tensor/array (leading singleton dims are dropped); values are
             clipped to ``[0, 1]``, NaN becomes 0.
-        cmap: matplotlib colormap name.
+        cmap: matplotlib colormap name (default :data:`DEFAULT_CMAP`, turbo).
         size: optional output ``(H, W)``; the map is resized bilinearly first.
 
     Returns:
@@ -162,7 +203,9 @@ def heatmap(
 
     Example:
         >>> import torch
-        >>> heatmap(torch.ones(2, 3)).getpixel((0, 0))  # top of 'jet' is dark red
+        >>> heatmap(torch.ones(2, 3)).getpixel((0, 0))  # top of 'turbo' is dark red
+        (122, 4, 3)
+        >>> heatmap(torch.ones(2, 3), cmap="jet").getpixel((0, 0))
         (128, 0, 0)
     """
     m = _map_2d(cam_map)
@@ -176,15 +219,18 @@ def overlay_cam(
     image: ImageLike,
     cam_map: torch.Tensor | np.ndarray,
     alpha: float = 0.5,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
+    background: str = "image",
 ) -> Image.Image:
-    """Blend a colour-mapped CAM over an image: ``(1 - alpha) * image + alpha * cmap(map)``.
+    """Blend a colour-mapped CAM over an image: ``(1 - alpha) * background + alpha * cmap(map)``.
 
     Args:
         image: ``(C, H, W)`` / ``(H, W)`` tensor in ``[0, 1]``, ``(H, W, C)`` array or PIL image.
         cam_map: ``(h, w)`` map in ``[0, 1]``; resized bilinearly to ``(H, W)`` if it differs.
         alpha: weight of the heatmap, in ``[0, 1]``.
-        cmap: matplotlib colormap name.
+        cmap: matplotlib colormap name (default :data:`DEFAULT_CMAP`, turbo; see there why).
+        background: ``"image"`` (the image as is) or ``"gray"`` (its luma, dimmed into
+            ``[0.1, 0.6]``): easier to read over saturated or striped images.
 
     Returns:
         RGB ``PIL.Image.Image`` of the image's size.
@@ -201,7 +247,7 @@ def overlay_cam(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = _image_hwc(image)
     m = _resize_map(_map_2d(cam_map), img.shape[:2])
-    out = (1.0 - alpha) * img + alpha * _heat_rgb(m, cmap)
+    out = (1.0 - alpha) * _background(img, background) + alpha * _heat_rgb(m, cmap)
     return Image.fromarray((np.clip(out, 0.0, 1.0) * 255.0).round().astype(np.uint8), mode="RGB")
 
 
@@ -248,9 +294,11 @@ def gradient_image(grad: torch.Tensor | np.ndarray, eps: float = 1e-12) -> Image
 PANEL_KINDS = ("cam", "gradient", "image", "heatmap")
 
 
-def _render_panel(kind: str, value: Any, image: ImageLike, alpha: float, cmap: str) -> np.ndarray:
+def _render_panel(
+    kind: str, value: Any, image: ImageLike, alpha: float, cmap: str, background: str = "image"
+) -> np.ndarray:
     if kind == "cam":
-        pil = overlay_cam(image, value, alpha=alpha, cmap=cmap)
+        pil = overlay_cam(image, value, alpha=alpha, cmap=cmap, background=background)
     elif kind == "gradient":
         pil = gradient_image(value)
     elif kind == "heatmap":
@@ -287,7 +335,8 @@ def methods_figure(
     *,
     image_title: str = "input",
     alpha: float = 0.5,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
+    background: str = "image",
     ncols: int | None = None,
     panel_size: float = 2.0,
     dpi: int = 120,
@@ -313,6 +362,7 @@ def methods_figure(
         path: if given, save a PNG there (parent directories are created; written atomically).
         image_title: title of the input panel (e.g. ``"input\\ntrue: circle"``).
         alpha, cmap: overlay settings for ``"cam"`` / ``"heatmap"`` panels.
+        background: ``"image"`` or ``"gray"`` under ``"cam"`` panels (see :func:`overlay_cam`).
         ncols: panels per row (default: all in one row).
         panel_size: panel edge in inches.
         dpi: resolution of the saved PNG.
@@ -348,7 +398,7 @@ def methods_figure(
         except (TypeError, ValueError):
             raise ValueError(f"panel {name!r} must be a (kind, value) pair") from None
         has_map |= kind in ("cam", "heatmap")
-        entries.append((str(name), _render_panel(kind, value, image, alpha, cmap)))
+        entries.append((str(name), _render_panel(kind, value, image, alpha, cmap, background)))
 
     n = len(entries)
     ncols = n if ncols is None else max(1, min(int(ncols), n))
@@ -407,3 +457,89 @@ def methods_figure(
 
         atomic_save_figure(Path(path), fig, dpi=dpi, format="png", facecolor="white")
     return fig
+
+
+def overlay_figure(
+    image: ImageLike,
+    cam_map: torch.Tensor | np.ndarray,
+    *,
+    kind: str = "cam",
+    title: str = "",
+    image_title: str = "input",
+    panel_title: str = "",
+    path: str | os.PathLike | None = None,
+    alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
+    background: str = "image",
+    panel_size: float = 2.6,
+    dpi: int = 120,
+) -> Figure:
+    """One explanation as a titled figure: the input, the overlay and a colour bar.
+
+    The figure of ``lamcam cam``: the same layout as the demo's :func:`methods_figure` with a
+    single method, so a CLI PNG reads like a demo panel (what was explained, by which method and
+    layer, with which score, and what the colours mean). ``kind="gradient"`` draws a signed
+    gradient (guided methods) with :func:`gradient_image` and no colour bar. For the bare
+    overlay use :func:`overlay_cam`.
+
+    Args:
+        image: the input image (``(C, H, W)`` tensor in ``[0, 1]``, array or PIL).
+        cam_map: ``(h, w)`` map in ``[0, 1]`` (``kind="cam"``) or signed ``(C, H, W)`` gradient.
+        kind: ``"cam"`` or ``"gradient"``.
+        title: figure title (e.g. the file name); long titles are shrunk to fit.
+        image_title, panel_title: titles of the two panels (newlines allowed), e.g.
+            ``"input\npred: circle (p=0.98)"`` and ``"Grad-CAM++ · features.20\ntarget: ..."``.
+        path: if given, save the PNG there (atomically).
+        alpha, cmap, background: overlay settings (see :func:`overlay_cam`).
+        panel_size, dpi: panel edge in inches, resolution.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` (Agg canvas): axes 0 = input, 1 = overlay, and for
+        ``kind="cam"`` axes 2 = the colour bar.
+
+    Example:
+        >>> import torch
+        >>> fig = overlay_figure(torch.rand(3, 16, 16), torch.rand(4, 4), title="x.png",
+        ...                      panel_title="Grad-CAM · layer4")
+        >>> len(fig.axes), fig.axes[1].get_title()
+        (3, 'Grad-CAM · layer4')
+    """
+    if kind not in ("cam", "gradient"):
+        raise ValueError(f"kind must be 'cam' or 'gradient', got {kind!r}")
+    fig = methods_figure(
+        image,
+        {panel_title or kind: (kind, cam_map)},
+        title,
+        None,
+        image_title=image_title,
+        alpha=alpha,
+        cmap=cmap,
+        background=background,
+        panel_size=panel_size,
+        dpi=dpi,
+    )
+    if title:  # the title text: shrink a long one (file names can be long) to the figure width
+        text = fig.texts[0]
+        width_in = fig.get_figwidth() - 0.2
+        n = max(len(line) for line in title.splitlines())
+        text.set_fontsize(min(11.0, max(6.0, width_in * 72 / (0.62 * max(n, 1)))))
+    if path is not None:
+        from lamcam._files import atomic_save_figure
+
+        atomic_save_figure(Path(path), fig, dpi=dpi, format="png", facecolor="white")
+    return fig
+
+
+def figure_image(fig: Figure) -> Image.Image:
+    """Render a (Agg) figure to an RGB PIL image on white, at the figure's dpi.
+
+    Example:
+        >>> import torch
+        >>> im = figure_image(overlay_figure(torch.rand(3, 8, 8), torch.rand(8, 8), dpi=50))
+        >>> im.mode, im.size == (round(im.size[0]), round(im.size[1]))
+        ('RGB', True)
+    """
+    fig.set_facecolor("white")
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return Image.fromarray(rgba[..., :3].copy(), mode="RGB")

@@ -49,11 +49,15 @@ class ReportImage:
         caption: text under the thumbnail; newlines become line breaks.
         status: optional ``"ok"`` / ``"bad"`` to frame the thumbnail green / red
             (e.g. correct / wrong prediction); ``None`` for no frame colour.
+        alt: alternative text (default: the caption's first line, else the file name); use
+            it for the text a figure already shows (its title) instead of repeating that text
+            in a caption.
     """
 
     path: str | os.PathLike
     caption: str = ""
     status: str | None = None
+    alt: str = ""
 
 
 @dataclass
@@ -124,7 +128,21 @@ figure { margin: 0; background: #fff; border: 2px solid #ddd; border-radius: 4px
 figure.ok { border-color: #3a9a3a; }
 figure.bad { border-color: #c83232; }
 figure img { display: block; max-width: 100%; height: auto; }
-figcaption { font-size: 0.9em; line-height: 1.35; margin-top: 4px; }
+figcaption { font-size: 0.9em; line-height: 1.35; margin-top: 4px; overflow-wrap: anywhere; }
+p, li, h1, h2 { overflow-wrap: anywhere; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
+/* wide figures (a row of panels): full width on a wide screen; on a narrow one they keep a
+   readable size and scroll inside their own frame, never the page */
+figure.wide { flex: 1 1 100%; }
+figure.wide img { width: 100%; }
+@media (max-width: 760px) {
+  body { margin: 12px auto; padding: 0 8px; }
+  figure.wide { overflow-x: auto; }
+  figure.wide img { width: auto; max-width: none; height: 240px; }
+  figure.big { overflow-x: auto; }
+  figure.big img { max-width: none; width: 720px; }
+  table { font-size: 0.85em; }
+}
 """
 
 
@@ -171,6 +189,19 @@ def _thumbnail(out_dir: Path, rel: str, width: int) -> str:
     return name
 
 
+def _shape(path: Path, ratio: float = 2.5, big: int = 800) -> str:
+    """``"wide"`` for a row of panels (width > ``ratio`` × height), ``"big"`` for another image
+    wider than ``big`` pixels, else ``""``: on a narrow screen such figures keep a readable size
+    and scroll inside their frame (see the CSS)."""
+    try:
+        with Image.open(path) as im:
+            if im.width > ratio * im.height:
+                return "wide"
+            return "big" if im.width > big else ""
+    except (OSError, ValueError):
+        return ""
+
+
 def _text_html(text: str) -> str:
     paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     return "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>\n" for p in paras)
@@ -180,10 +211,11 @@ def _table_html(rows: Sequence[Sequence[Any]]) -> str:
     if not rows:
         return ""
     head, *body = rows
-    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in head) + "</tr>"]
+    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    out = ['<div class="table-wrap"><table>', f"<tr>{header}</tr>"]
     for row in body:
         out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-    out.append("</table>\n")
+    out.append("</table></div>\n")
     return "\n".join(out)
 
 
@@ -260,8 +292,13 @@ def write_index_html(
                         f"report: image {out / rel} does not exist", UserWarning, stacklevel=2
                     )
                 shown = _thumbnail(out, rel, thumb_width) if thumbnails else rel
-                cls = f' class="{im.status}"' if im.status in ("ok", "bad") else ""
-                alt = html.escape(im.caption.splitlines()[0] if im.caption else Path(rel).name)
+                classes = [im.status] if im.status in ("ok", "bad") else []
+                shape = _shape(out / shown)
+                if shape:
+                    classes.append(shape)
+                cls = f' class="{" ".join(classes)}"' if classes else ""
+                alt_text = im.alt or (im.caption.splitlines()[0] if im.caption else Path(rel).name)
+                alt = html.escape(alt_text, quote=True)
                 cap = html.escape(im.caption).replace("\n", "<br>")
                 parts.append(
                     f'<figure{cls}><a href="{_href(rel)}">'
