@@ -158,3 +158,23 @@ def test_ensure_writable_dir(tmp_path: Path) -> None:
         ensure_writable_dir(blocker)
     with pytest.raises(OutputDirError, match="cannot create"):
         ensure_writable_dir(blocker / "sub")
+
+
+def test_load_instance_masks(tmp_path) -> None:
+    from lamcam.io import ImageLoadError, load_instance_masks
+
+    ids = np.zeros((6, 8), dtype=np.uint8)
+    ids[1:3, 1:3] = 1
+    ids[4:6, 5:8] = 7  # ids need not be consecutive
+    Image.fromarray(ids).save(tmp_path / "m.png")
+    m = load_instance_masks(tmp_path / "m.png", (6, 8))
+    assert m.shape == (2, 6, 8) and m.dtype == torch.bool
+    assert int(m[0].sum()) == 4 and int(m[1].sum()) == 6 and not bool((m[0] & m[1]).any())
+    with pytest.raises(ImageLoadError, match="8x6 but the image is used at 10x6"):
+        load_instance_masks(tmp_path / "m.png", (6, 10))
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(ImageLoadError, match="empty"):
+        load_instance_masks(tmp_path / "empty.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ImageLoadError, match="unreadable"):
+        load_instance_masks(tmp_path / "bad.png")

@@ -1310,29 +1310,17 @@ def _eval_inputs(specs: Sequence[str]) -> list[Path]:
 
 
 def _instance_masks(path: Path, hw: tuple[int, int]) -> Any:
-    """``(n, H, W)`` bool from ``<stem>_mask.png`` (0 background, k = instance k), or None."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    """``(n, H, W)`` bool from ``<stem>_mask.png`` (:func:`lamcam.io.load_instance_masks`), or
+    None when there is no such file."""
+    from lamcam.io import ImageLoadError, load_instance_masks
 
     mp = path.with_name(path.stem + "_mask.png")
     if not mp.is_file():
         return None
     try:
-        with Image.open(mp) as im:
-            a = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I", "I;16") else im)
-    except (OSError, ValueError) as e:  # ValueError: Pillow's guards against oversized chunks
-        raise CliError(f"cannot read mask {mp}: {e}") from e
-    if a.ndim != 2:
-        raise CliError(f"mask {mp} must be a single-channel label image")
-    ids = [int(v) for v in np.unique(a) if v != 0]
-    if not ids:
-        raise CliError(f"mask {mp} is empty (no object pixels); remove it or the image")
-    m = torch.from_numpy(np.stack([a == k for k in ids]))
-    if tuple(m.shape[1:]) != tuple(hw):
-        raise CliError(f"mask {mp} is {a.shape[1]}x{a.shape[0]} but the image is used at "
-                       f"{hw[1]}x{hw[0]}; give a mask of the image's size")
-    return m
+        return load_instance_masks(mp, hw)
+    except ImageLoadError as e:
+        raise CliError(str(e)) from e
 
 
 def _run_eval(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ __all__ = [
     "ImageTooLargeError",
     "OutputDirError",
     "load_image",
+    "load_instance_masks",
     "save_image",
     "ensure_writable_dir",
 ]
@@ -526,3 +527,41 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         reason = e.strerror or str(e)
         raise OutputDirError(f"output directory '{path}' is not writable: {reason}") from e
     return path
+
+
+def load_instance_masks(path: str | os.PathLike, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(n, H, W)`` bool, one mask per instance, from a label image (0 = background, k = instance k).
+
+    This is the format of the bundled ``*_mask.png`` files (and of ``lamcam eval``'s
+    ``<stem>_mask.png`` ground truth); pass the result, one per image, to
+    ``lamcam.evaluation.evaluate(..., instance_masks=...)``.
+
+    Args:
+        path: a single-channel label PNG (mode L, P, I or I;16).
+        size: ``(H, W)`` the image is used at; a mask of another size is an error (masks are
+            never resampled: that would move instance borders).
+
+    Raises:
+        ImageLoadError: unreadable, not single-channel, no object pixels, or the wrong size.
+
+    Example:
+        >>> import lamcam.zoo
+        >>> p = lamcam.zoo.samples()[0]
+        >>> m = load_instance_masks(p.with_name(p.stem + "_mask.png"))
+        >>> m.dtype, m.ndim, m.shape[0] == lamcam.zoo.sample_annotations()[p.name]["n_instances"]
+        (torch.bool, 3, True)
+    """
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I", "I;16") else im)
+    except (OSError, ValueError) as e:  # ValueError: Pillow's guards against oversized chunks
+        raise ImageLoadError(path, f"unreadable mask ({e})") from e
+    if a.ndim != 2:
+        raise ImageLoadError(path, "a mask must be a single-channel label image")
+    ids = [int(v) for v in np.unique(a) if v != 0]
+    if not ids:
+        raise ImageLoadError(path, "the mask is empty (no object pixels)", "remove it or the image")
+    if size is not None and tuple(a.shape) != tuple(size):
+        raise ImageLoadError(path, f"the mask is {a.shape[1]}x{a.shape[0]} but the image is used at "
+                             f"{size[1]}x{size[0]}", "give a mask of the image's size")
+    return torch.from_numpy(np.stack([a == k for k in ids]))
