@@ -161,22 +161,33 @@ def blur_crops(padded: Tensor, kernels: Tensor, boxes: list[tuple[int, int, int,
         >>> torch.allclose(crops[:, 0], blur(x, k)[:, :, 3:11, 5:11], atol=1e-6)
         True
     """
+    return _blur_regions(_regions(padded, boxes, kernels.shape[-1]), kernels, padded.shape[1],
+                         len(boxes))
+
+
+def _regions(padded: Tensor, boxes: list[tuple[int, int, int, int]], size: int) -> Tensor:
+    """``(1, B*C, h + 2p, w + 2p)``: each box of the padded image with its blur margin."""
     if not boxes:
         raise ValueError("no boxes to blur")
-    size = kernels.shape[-1]
     pad = size // 2
     h, w = boxes[0][2], boxes[0][3]
     if any((b[2], b[3]) != (h, w) for b in boxes):
         raise ValueError("blur_crops needs boxes of one size")
-    c = padded.shape[1]
-    regions = torch.cat([padded[:, :, t:t + h + 2 * pad, l_:l_ + w + 2 * pad]
-                         for t, l_, _, _ in boxes], dim=1)  # (1, B*C, h+2p, w+2p)
-    k = kernels.to(padded.dtype)
+    return torch.cat([padded[:, :, t:t + h + 2 * pad, l_:l_ + w + 2 * pad]
+                      for t, l_, _, _ in boxes], dim=1)
+
+
+def _blur_regions(regions: Tensor, kernels: Tensor, c: int, n_boxes: int) -> Tensor:
+    """:func:`blur_crops` on regions cut once by :func:`_regions` (reused for every kernel)."""
+    size = kernels.shape[-1]
+    pad = size // 2
+    h, w = regions.shape[-2] - 2 * pad, regions.shape[-1] - 2 * pad
+    k = kernels.to(regions.dtype)
     n_k = k.shape[0]
-    groups = len(boxes) * c
+    groups = n_boxes * c
     weight = k[None].expand(groups, n_k, size, size).reshape(groups * n_k, 1, size, size)
     out = F.conv2d(regions, weight, groups=groups)  # (1, B*C*N, h, w), group-major
-    return out.reshape(len(boxes), c, n_k, h, w).permute(2, 0, 1, 3, 4)
+    return out.reshape(n_boxes, c, n_k, h, w).permute(2, 0, 1, 3, 4)
 
 
 class StraightPath:
@@ -253,13 +264,15 @@ class BlurPath:
                 if not (0 <= t and 0 <= l_ and h > 0 and w > 0 and t + h <= h_img and l_ + w <= w_img):
                     raise ValueError(f"box {(t, l_, h, w)} leaves the {h_img}x{w_img} image")
             self._padded = reflect_pad(x, self.kernel_size)
+            # the boxes' regions are cut once; every path point only convolves them
+            self._regions = _regions(self._padded, self.boxes, self.kernel_size)
             crops = [x[..., t:t + h, l_:l_ + w] for t, l_, h, w in self.boxes]
             self.x = crops[0] if len(crops) == 1 else torch.stack(crops)
 
     def _apply(self, kernels: Tensor) -> Tensor:
         if self._padded is None:
             return blur(self.x, kernels)
-        out = blur_crops(self._padded, kernels, self.boxes)  # type: ignore[arg-type]
+        out = _blur_regions(self._regions, kernels, self._padded.shape[1], len(self.boxes))  # type: ignore[arg-type]
         return out[:, 0] if len(self.boxes) == 1 else out  # type: ignore[arg-type]
 
     def sigmas(self, alphas: Tensor) -> Tensor:
