@@ -571,6 +571,26 @@ class LAM:
             )
         return top, left
 
+    @staticmethod
+    def _window_crop(f: Field, x: Tensor, scale: int, top: int, left: int, window: int,
+                     minimum: int, size: tuple[int, int] | None = None,
+                     ) -> tuple[tuple[int, int, int, int], tuple[int, int], tuple[int, int]]:
+        """The LR crop of a window (and the SR rows/cols the objective reads, inclusive: the
+        gradient detector reads one row and column beyond the window)."""
+        h_img, w_img = x.shape[-2:]
+        sr_rows = (top, min(top + window, h_img * scale - 1))
+        sr_cols = (left, min(left + window, w_img * scale - 1))
+        box = crop_box(f, (sr_rows[0] // scale, sr_rows[1] // scale),
+                       (sr_cols[0] // scale, sr_cols[1] // scale), (h_img, w_img), minimum, size=size)
+        return box, sr_rows, sr_cols
+
+    def _crop_change(self, f: Field, x: Tensor, scale: int, box: tuple[int, int, int, int],
+                     sr_rows: tuple[int, int], sr_cols: tuple[int, int]) -> float:
+        """How much the crop changes the window's output against a larger crop (relative)."""
+        bigger = grow_box(f, box, tuple(x.shape[-2:]))  # type: ignore[arg-type]
+        return crop_is_exact(self._net, BlurPath(x, self.sigma, self.kernel_size, boxes=[bigger]),
+                             box, bigger, sr_rows, sr_cols, scale)
+
     def _plan_crop(self, x: Tensor, scale: int, top: int, left: int, window: int,
                    user_objective: bool) -> tuple[tuple[int, int, int, int] | None, dict[str, Any]]:
         """The LR crop to explain the window on, or None for the whole image; and why."""
@@ -594,18 +614,13 @@ class LAM:
         if req.get("square"):
             return None, {"box": None, "field": f.to_dict(),
                           "reason": "the model pads inputs to a square, so a crop changes its padding"}
-        sr_rows = (top, min(top + window, h_img * scale - 1))
-        sr_cols = (left, min(left + window, w_img * scale - 1))
-        box = crop_box(f, (sr_rows[0] // scale, sr_rows[1] // scale),
-                       (sr_cols[0] // scale, sr_cols[1] // scale), (h_img, w_img),
-                       int(req.get("minimum", 0)))
+        box, sr_rows, sr_cols = self._window_crop(f, x, scale, top, left, window,
+                                                  int(req.get("minimum", 0)))
         if box == (0, 0, h_img, w_img):
             return None, {"box": None, "field": f.to_dict(),
                           "reason": "the window's receptive field covers the whole image"}
-        bigger = grow_box(f, box, (h_img, w_img))
         with model_guard(self.model):
-            diff = crop_is_exact(self._net, BlurPath(x, self.sigma, self.kernel_size, boxes=[bigger]),
-                                 box, bigger, sr_rows, sr_cols, scale)
+            diff = self._crop_change(f, x, scale, box, sr_rows, sr_cols)
         if diff > CROP_TOLERANCE:
             if self.crop is True:
                 raise ValueError(f"crop=True, but cropping changes the window's output by {diff:.2g} "
@@ -712,9 +727,8 @@ class LAM:
                     if not local:
                         box = (0, 0, h_img, w_img)
                     else:
-                        box = crop_box(field_, (top // scale, min(top + window, sh - 1) // scale),
-                                       (left // scale, min(left + window, sw - 1) // scale),
-                                       (h_img, w_img), minimum, size=(side, side))
+                        box = self._window_crop(field_, x, scale, top, left, window, minimum,
+                                                size=(side, side))[0]
                     jobs.setdefault(box[2:], []).append((i, j, top, left, box))
             if not local:
                 info = info or {"box": None,
@@ -729,17 +743,10 @@ class LAM:
                 todo = [(rows[0], cols[0]), (rows[len(rows) // 2], cols[len(cols) // 2]),
                         (rows[-1], cols[-1])]
                 for top, left in todo:
-                    box = crop_box(field_, (top // scale, min(top + window, sh - 1) // scale),
-                                   (left // scale, min(left + window, sw - 1) // scale),
-                                   (h_img, w_img), minimum, size=(side, side))
-                    if box == (0, 0, h_img, w_img):
-                        continue
-                    sr_rows = (top, min(top + window, sh - 1))
-                    sr_cols = (left, min(left + window, sw - 1))
-                    bigger = grow_box(field_, box, (h_img, w_img))
-                    worst = max(worst, crop_is_exact(
-                        self._net, BlurPath(x, self.sigma, self.kernel_size, boxes=[bigger]), box,
-                        bigger, sr_rows, sr_cols, scale))
+                    box, sr_rows, sr_cols = self._window_crop(field_, x, scale, top, left, window,
+                                                              minimum, size=(side, side))
+                    if box != (0, 0, h_img, w_img):
+                        worst = max(worst, self._crop_change(field_, x, scale, box, sr_rows, sr_cols))
                 if worst > CROP_TOLERANCE:
                     raise ValueError(f"the receptive field ({field_.detail}) is too small: a crop changes "
                                      f"a window's output by {worst:.2g}; pass receptive_field= larger "
