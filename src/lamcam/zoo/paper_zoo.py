@@ -2,7 +2,8 @@
 
 Gu & Dong, "Interpreting Super-Resolution Networks with Local Attribution Maps", CVPR 2021,
 compare super-resolution networks whose weights their demo repository (``X-Lowlevel-Vision/
-LAM_Demo``, ``ModelZoo/``) loads with a plain ``model.load_state_dict(torch.load(file))``. The
+LAM_Demo``, ``ModelZoo/``) loads by unpickling each file and calling ``load_state_dict``
+(lamcam reads the same files with ``weights_only=True``). The
 classes here are independent implementations of those networks whose parameter names and
 shapes (the state-dict keys) are the ones of the authors' classes, so those files load as they
 are, and whose ``forward`` computes what the authors' ``forward`` computes:
