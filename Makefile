@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, so that nothing below asks for another (see TORCH_INDEX above).
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[dev,sr]'
+	$(PY) -m pip install -q -e '.[dev,sr,app]'
 	# spandrel (SR checkpoints) without its declared torchvision: PyPI's torchvision does not load
 	# beside the CPU torch, and asking for it would pull another torch. lamcam.zoo imports spandrel
 	# with a stand-in for the two non-SR architectures that need torchvision.
@@ -34,8 +34,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lamcam demo --out lamcam-out
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# Debian's Chromium, which the browser tests of `lamcam serve` drive through Playwright
+# (executable_path), installed here when missing: Playwright's own browser download needs the
+# internet. Elsewhere, point CHROMIUM at any Chromium or Chrome binary.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "no $(CHROMIUM): install Chromium, or run make test CHROMIUM=/path/to/chromium"; exit 1; }
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
+	LAMCAM_REQUIRE_BROWSER=1 LAMCAM_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks studies training

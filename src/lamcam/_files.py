@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "jsonable",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_many",
@@ -170,3 +171,21 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for r in rows:
         w.writerow(r)
     return buf.getvalue()
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` ready for strict JSON: NaN/inf -> ``None``, tuples -> lists, keys -> str, recursively.
+
+    Example:
+        >>> jsonable({"di": float("nan"), 1: (2, 3.5)})
+        {'di': None, '1': [2, 3.5]}
+    """
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj

@@ -429,30 +429,10 @@ FIT_HELP = ("images whose size differs from the model's input are resized so tha
 
 def _load_fitted(path: Path, mode: str, hw: tuple[int, int] | None,
                  max_pixels: int | None) -> tuple[Any, str]:
-    """Load ``path`` and fit it to ``hw``: resize the short side (aspect kept), centre-crop.
+    """:func:`lamcam.io.load_fitted` (the CLI's fitting rule, see ``FIT_HELP``)."""
+    from lamcam.io import load_fitted
 
-    Returns ``(tensor (C, h, w), text)``; ``text`` says what was done ('' when nothing was).
-    """
-    import math
-
-    import torch.nn.functional as F
-
-    from lamcam.io import load_image
-
-    x = load_image(path, mode=mode, max_pixels=max_pixels)
-    if hw is None or tuple(x.shape[-2:]) == tuple(hw):
-        return x, ""
-    h, w = (int(s) for s in x.shape[-2:])
-    th, tw = hw
-    s = max(th / h, tw / w)
-    rh, rw = max(th, math.ceil(h * s - 1e-9)), max(tw, math.ceil(w * s - 1e-9))
-    shrink = rh < h or rw < w
-    y = F.interpolate(x[None], size=(rh, rw), mode="bilinear", align_corners=False,
-                      antialias=shrink)[0].clamp_(0.0, 1.0)
-    top, left = (rh - th) // 2, (rw - tw) // 2
-    y = y[:, top:top + th, left:left + tw].contiguous()
-    crop = "" if (rh, rw) == (th, tw) else f", centre-cropped to {tw}x{th}"
-    return y, f"resized from {w}x{h} to {rw}x{rh}, aspect kept{crop}"
+    return load_fitted(path, mode=mode, size=hw, max_pixels=max_pixels)
 
 
 def _image_inputs(specs: Sequence[str]) -> list[Path]:
@@ -908,16 +888,9 @@ def _load_lam_model(spec: str, arch: str | None, call: str | None) -> Any:
 
 
 def _jsonable(obj: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists, recursively."""
-    import math
+    from lamcam._files import jsonable
 
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
+    return jsonable(obj)
 
 
 def _lam_bytes_per_pixel(model: Any) -> float | None:
@@ -1515,6 +1488,79 @@ def _run_layers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="the web explorer: click a patch to see its LAM, pick methods to see CAMs",
+        description=(
+            "Start the lamcam explorer (Gradio) in this terminal and open it in a browser.\n"
+            "LAM page: choose an LR image and SR models (bundled or uploaded checkpoints), click a\n"
+            "patch; each model's LAM figure, the DI bar chart and downloads appear. CAM page:\n"
+            "choose a classifier, an image, methods, a layer and a target. Needs the app extra:\n"
+            "pip install 'lamcam[app]'. Every output stays in a temporary directory, removed\n"
+            "when the server stops (Ctrl-C)."
+        ),
+        epilog=("examples:\n  lamcam serve                       # http://127.0.0.1:7860\n"
+                "  lamcam serve --port 8080 --host 0.0.0.0   # serve the network (no auth!)\n"
+                "\nexit status: 0 after Ctrl-C, 2 usage error (Gradio missing, port in use)"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+                   help="largest uploaded image file (default 20)")
+    p.add_argument("--max-checkpoint-mb", type=float, default=256.0, metavar="MB",
+                   help="largest uploaded checkpoint (default 256)")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048, metavar="N",
+                   help="largest image on the CAM page, width x height (default 2048x2048)")
+    p.add_argument("--max-lr-pixels", type=int, default=256 * 256, metavar="N",
+                   help="largest LR image on the LAM page (default 256x256)")
+    p.add_argument("--lam-workers", type=int, default=1, metavar="N",
+                   help="LAM runs computed at once; more wait in the queue (default 1)")
+    p.add_argument("--cam-workers", type=int, default=2, metavar="N",
+                   help="CAM runs computed at once (default 2)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    for opt, v in (("--port", args.port), ("--lam-workers", args.lam_workers),
+                   ("--cam-workers", args.cam_workers), ("--max-pixels", args.max_pixels),
+                   ("--max-lr-pixels", args.max_lr_pixels)):
+        if v < 1 or (opt == "--port" and v > 65535):
+            raise CliError(f"{opt} must be positive{' and at most 65535' if opt == '--port' else ''}"
+                           f", got {v}")
+    for opt, v in (("--max-upload-mb", args.max_upload_mb),
+                   ("--max-checkpoint-mb", args.max_checkpoint_mb)):
+        if not v > 0:
+            raise CliError(f"{opt} must be positive, got {v}")
+    from lamcam.app import Limits, import_gradio, serve
+
+    try:
+        import_gradio()
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    with socket.socket() as s:  # Gradio would silently try other ports: say which one is taken
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror}; choose another "
+                           "--port") from None
+    # asyncio/uvicorn leave event loops for the garbage collector: not the user's concern
+    # and Gradio's own dependencies' deprecations (pandas) are not the server user's either
+    for category in (ResourceWarning, DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    limits = Limits(upload_bytes=int(args.max_upload_mb * 2**20),
+                    checkpoint_bytes=int(args.max_checkpoint_mb * 2**20),
+                    image_pixels=args.max_pixels, lam_pixels=args.max_lr_pixels)
+    return serve(args.host, args.port, limits=limits, lam_workers=args.lam_workers,
+                 cam_workers=args.cam_workers, quiet=_VERBOSITY < 0)
+
+
 # --------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------
@@ -1525,6 +1571,7 @@ _SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_eval_parser,
     _add_demo_parser,
     _add_layers_parser,
+    _add_serve_parser,
 ]
 
 

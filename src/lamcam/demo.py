@@ -828,7 +828,9 @@ def run_demo(
         title="lamcam demo",
         subtitle=(
             f"lamcam {__version__} · torch {torch.__version__} · {n_samples} classifier sample "
-            f"images · {len(classifiers)} classifier(s) · {len(sr_models)} SR model(s)"
+            f"images · {len(classifiers)} classifier(s) · {len(sr_models)} SR model(s) · to click "
+            "patches and methods yourself, start the explorer: lamcam serve (pip install "
+            "'lamcam[app]'), then open http://127.0.0.1:7860"
         ),
     )
     removed = refresh_outputs(out, before)

@@ -47,6 +47,7 @@ __all__ = [
     "ImageTooLargeError",
     "OutputDirError",
     "load_image",
+    "load_fitted",
     "load_instance_masks",
     "save_image",
     "ensure_writable_dir",
@@ -441,6 +442,49 @@ def load_image(
 # --------------------------------------------------------------------------------------------
 # saving
 # --------------------------------------------------------------------------------------------
+
+
+def load_fitted(
+    path: str | os.PathLike,
+    *,
+    mode: str = "RGB",
+    size: Sequence[int] | None = None,
+    max_pixels: int | None = None,
+) -> tuple[torch.Tensor, str]:
+    """Load an image and fit it to a classifier's input ``size`` ``(h, w)`` without distorting it.
+
+    The short side is resized to match (aspect ratio kept, bilinear, antialiased when shrinking)
+    and the result centre-cropped: the rule of ``lamcam cam``, ``lamcam eval`` and the explorer.
+
+    Returns:
+        ``(tensor (C, h, w) in [0, 1], text)``; ``text`` says what was done ('' when the image
+        already had the size, or when ``size`` is ``None``).
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from PIL import Image
+        >>> p = tempfile.mkdtemp() + "/wide.png"
+        >>> Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(p)
+        >>> x, text = load_fitted(p, size=(10, 10))
+        >>> tuple(x.shape), text
+        ((3, 10, 10), 'resized from 40x20 to 20x10, aspect kept, centre-cropped to 10x10')
+    """
+    import math
+
+    x = load_image(path, mode=mode, max_pixels=max_pixels)
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x, ""
+    h, w = (int(s) for s in x.shape[-2:])
+    th, tw = (int(s) for s in size)
+    s = max(th / h, tw / w)
+    rh, rw = max(th, math.ceil(h * s - 1e-9)), max(tw, math.ceil(w * s - 1e-9))
+    shrink = rh < h or rw < w
+    y = F.interpolate(x[None], size=(rh, rw), mode="bilinear", align_corners=False,
+                      antialias=shrink)[0].clamp_(0.0, 1.0)
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    y = y[:, top:top + th, left:left + tw].contiguous()
+    crop = "" if (rh, rw) == (th, tw) else f", centre-cropped to {tw}x{th}"
+    return y, f"resized from {w}x{h} to {rw}x{rh}, aspect kept{crop}"
 
 
 def _tensor_to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
