@@ -732,3 +732,30 @@ def test_serve_without_gradio_names_the_extra(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     assert main(["serve", "--port", "7999"]) == 2
     assert "pip install 'lamcam[app]'" in capsys.readouterr().err
+
+
+def test_two_sessions_explain_one_cached_model_at_once(tmp_path: Path) -> None:
+    """Two visitors' LAM runs on the shared model, in two threads at once, give exactly what each
+    gives alone (the explorer relies on this to share its model cache)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ModelCache()
+    model, _ = cache.get("sr_fsrcnn")
+    image = load_image(E.bundled_lr_images()["brick"])
+    files = SessionFiles(tmp_path / "root")
+    windows = [(20, 36), (180, 100), (64, 200), (0, 0)]
+    opts = LAMOptions(steps=6)
+
+    def one(i: int) -> float:
+        row, col = windows[i]
+        out = files.new_run(f"visitor{i}", "lam")
+        return E.run_lam([("sr_fsrcnn", model)], {"RGB": image}, "brick", row, col, opts,
+                         out).records[0]["diffusion_index"]
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(one, range(len(windows))))
+    alone = [lamcam.LAM(zoo.load("sr_fsrcnn"), steps=6, progress=False)(image, r, c, 16)
+             .diffusion_index for r, c in windows]
+    assert together == alone
+    assert _hooks(model) == 0 and cache.loads == 1
+    files.close()

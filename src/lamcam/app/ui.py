@@ -385,7 +385,9 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
                 _clear, None, [comp], queue=False)
         lam_in = [state, window, sigma, steps, quadrature]
         lam_out = [table, comparison, downloads]
-        lam_kw: dict[str, Any] = {"concurrency_limit": lam_workers, "concurrency_id": "lam"}
+        # the progress bar shows under the image too, where the user just clicked
+        lam_kw: dict[str, Any] = {"concurrency_limit": lam_workers, "concurrency_id": "lam",
+                                  "show_progress_on": [status, table, comparison]}
         # a click places the box at once; the LAM run follows as a queued event
         view.select(click, [state, window], [view, win_text, state], **light).success(
             explain_on_click, [auto, *lam_in], lam_out, **lam_kw)
