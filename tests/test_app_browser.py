@@ -134,6 +134,8 @@ def _click_sr_pixel(page, x: int, y: int, zoom: int) -> None:
     block keeps any sub-pixel rounding inside that block.
     """
     img = page.locator("#lam-view img")
+    page.wait_for_function("(() => { const e = document.querySelector('#lam-view img');"
+                           " return e && e.complete && e.naturalWidth > 0; })()")
     geo = img.evaluate("e => { const b = e.getBoundingClientRect();"
                        " return [b.left, b.top, b.width, b.height, e.naturalWidth, e.naturalHeight]; }")
     left, top, bw, bh, nw, nh = geo
@@ -164,6 +166,7 @@ def test_lam_click_matches_library(page, server):
     _choose(page, "lam-image", "rocket")
     expect(page.locator("#lam-status")).to_contain_text("rocket:", timeout=TIMEOUT_MS)
     view.wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#lam-view img').naturalWidth > 0")
     zoom = view.evaluate("e => e.naturalWidth") // 256
     assert zoom == E.view_zoom((256, 256))
     x, y = 150, 77
@@ -191,6 +194,16 @@ def test_lam_click_matches_library(page, server):
             ref.attribution.abs().max()))
     expect(page.locator("#lam-figure img")).to_be_visible()
     _shot(page, "app_lam.png")
+
+    # a new window size keeps the clicked centre: the box and coordinates follow at once
+    size = page.locator("#lam-window-size input[type=number]")
+    size.fill("32")
+    size.press("Enter")
+    r32, c32 = E.place_window(x, y, 32, (256, 256))
+    expect(page.locator("#lam-window")).to_contain_text(f"SR window: row {r32}, col {c32}, 32x32")
+    size.fill("16")
+    size.press("Enter")
+    expect(page.locator("#lam-window")).to_contain_text(f"SR window: row {row}, col {col}, 16x16")
 
     # a second click reuses the loaded models
     _click_sr_pixel(page, 40, 200, zoom)

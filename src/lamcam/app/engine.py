@@ -63,6 +63,8 @@ __all__ = [
     "run_lam",
     "run_cam",
     "user_message",
+    "model_meta",
+    "input_mode",
 ]
 
 
@@ -227,14 +229,15 @@ class ModelCache:
             return model, True
 
 
-def _meta(model: nn.Module) -> dict[str, Any]:
+def model_meta(model: nn.Module) -> dict[str, Any]:
+    """The model's ``lamcam_meta`` (a copy), or ``{}``."""
     meta = getattr(model, "lamcam_meta", None)
     return dict(meta) if isinstance(meta, dict) else {}
 
 
 def input_mode(model: nn.Module) -> str:
     """``"L"`` for a one-channel model, else ``"RGB"`` (from ``lamcam_meta``)."""
-    meta = _meta(model)
+    meta = model_meta(model)
     return "L" if meta.get("channels", meta.get("in_channels", 3)) == 1 else "RGB"
 
 
@@ -339,7 +342,7 @@ def load_cam_image(path: str | Path, model: nn.Module, limits: Limits, *,
     _load_checks = limits.upload_bytes if uploaded else None
     if _load_checks is not None:
         check_upload(p, _load_checks, "image")
-    size = _meta(model).get("input_size")
+    size = model_meta(model).get("input_size")
     hw = None if size is None else ((int(size),) * 2 if isinstance(size, int) else tuple(size))
     try:
         return load_fitted(p, mode=input_mode(model), size=hw, max_pixels=limits.image_pixels)
@@ -542,7 +545,7 @@ def run_lam(
         if progress is not None:
             progress(i, n, f"LAM of {name} ({i + 1}/{n})")
         x = images[input_mode(model)]
-        input_range = float(_meta(model).get("input_range", 1.0))
+        input_range = float(model_meta(model).get("input_range", 1.0))
         t0 = time.perf_counter()
         try:
             lam = LAM(model, sigma=options.sigma, kernel_size=options.kernel_size,
@@ -613,7 +616,7 @@ def layer_choices(model: nn.Module) -> tuple[list[tuple[str, str]], str | None]:
     from lamcam.hooks import auto_layer, model_guard
     from lamcam.layout import LayoutError, channel_hint, decide_layout, prefix_hint
 
-    meta = _meta(model)
+    meta = model_meta(model)
     size = meta.get("input_size") or 64
     hw = (int(size),) * 2 if isinstance(size, int) else tuple(size)
     param = next(iter(model.parameters()), None)
@@ -693,7 +696,7 @@ def run_cam(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise AppError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    classes = _meta(model).get("classes")
+    classes = model_meta(model).get("classes")
     stem = re.sub(r"[^A-Za-z0-9.+-]+", "_", Path(image_name).stem).strip("_") or "image"
     overlays: list[tuple[str, str]] = []
     rows: list[list[Any]] = []

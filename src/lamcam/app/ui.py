@@ -127,58 +127,67 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
                        "repeated into R, G and B.")
         scale = next(iter(scales.values()))
         x = next(iter(images.values()))
-        sr_hw = (int(x.shape[-2]) * scale, int(x.shape[-1]) * scale)
-        new.update(scale=scale, sr_hw=sr_hw, specs=[spec for spec in (choices or [])]
-                   + _paths(uploads))
-        win = state.get("window")
-        same = state.get("image") == path and state.get("sr_hw") == list(sr_hw)
-        box = None
-        text = "Click the image to place the window (the click is its centre)."
-        if same and win is not None and int(window) <= min(sr_hw):
-            row, col = E.place_window(win[1] + int(window) // 2, win[0] + int(window) // 2,
-                                      int(window), sr_hw)
-            new["window"] = [row, col]
-            box = (row, col, int(window))
-            text = E.window_text(row, col, int(window), scale)
-        new["sr_hw"] = list(sr_hw)
+        sr_hw = [int(x.shape[-2]) * scale, int(x.shape[-1]) * scale]
+        new.update(scale=scale, sr_hw=sr_hw, zoom=E.view_zoom(sr_hw),
+                   specs=list(choices or []) + _paths(uploads))
+        same = state.get("image") == path and state.get("sr_hw") == sr_hw
+        new["centre"] = state.get("centre") if same else None  # new models keep the window
         loaded = [n for n, _, fresh in models if fresh]
         status = (f"{name}: LR {x.shape[-1]}x{x.shape[-2]}, SR {sr_hw[1]}x{sr_hw[0]} (x{scale}); "
                   f"models {', '.join(n for n, _, _ in models)}"
                   + (f" (loaded now: {', '.join(loaded)})" if loaded else " (all cached)"))
-        new["zoom"] = E.view_zoom(sr_hw)
-        return E.window_view(x, scale, box, new["zoom"]), text, status, new
+        view, text = draw(new, window, x)
+        return view, text, status, new
+
+    def window_of(state: dict[str, Any], window: float) -> tuple[int, int]:
+        """The window's top-left (SR pixels) for the clicked centre and the current size."""
+        x, y = state["centre"]
+        return E.place_window(x, y, int(window), state["sr_hw"])
+
+    def draw(state: dict[str, Any], window: float, image: Any = None) -> tuple[Any, str]:
+        """The view with the window's box (if one was placed) and the coordinates line."""
+        if image is None:
+            image = E.load_lr_image(state["image"], "RGB", limits, uploaded=state["uploaded"])
+        if state.get("centre") is None:
+            return (E.window_view(image, state["scale"], None, state["zoom"]),
+                    "Click the image to place the window (the click is its centre).")
+        row, col = window_of(state, window)
+        return (E.window_view(image, state["scale"], (row, col, int(window)), state["zoom"]),
+                E.window_text(row, col, int(window), state["scale"]))
 
     def click(state: dict[str, Any] | None, window: float, evt: gr.SelectData) -> tuple[Any, str,
                                                                                          dict]:
         """Place the window at once (red box); the LAM run follows."""
         if not state or "scale" not in state:
             raise fail(E.AppError("choose an image and a model first"))
-        zoom = int(state.get("zoom", 1))
-        x, y = (int(v) // zoom for v in evt.index[:2])  # display pixel -> SR pixel
+        zoom = int(state["zoom"])
+        centre = [int(v) // zoom for v in evt.index[:2]]  # display pixel -> SR pixel (x, y)
+        state = {**state, "centre": centre}
         try:
-            row, col = E.place_window(x, y, int(window), state["sr_hw"])
-            image = E.load_lr_image(state["image"], "RGB", limits, uploaded=state["uploaded"])
+            view, text = draw(state, window)
         except E.AppError as e:
             raise fail(e) from e
-        state = {**state, "window": [row, col]}
-        return (E.window_view(image, state["scale"], (row, col, int(window)), zoom),
-                E.window_text(row, col, int(window), state["scale"]), state)
+        return view, text, state
+
+    def resize(state: dict[str, Any] | None, window: float) -> tuple[Any, str]:
+        """A new window size: the box is redrawn around the same centre."""
+        if not state or "scale" not in state:
+            return gr.update(), gr.update()
+        try:
+            return draw(state, window)
+        except E.AppError as e:
+            raise fail(e) from e
 
     def explain(state: dict[str, Any] | None, window: float, sigma: float, steps: float,
                 quadrature: str, request: gr.Request,
                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008
-        if not state or state.get("window") is None:
+        if not state or state.get("centre") is None:
             raise fail(E.AppError("click the image to place the window first"))
-        row, col = state["window"]
         try:
             options = E.LAMOptions(window=int(window), sigma=float(sigma), steps=int(steps),
                                    quadrature=quadrature)
             options.check()
-            E.place_window(col, row, options.window, state["sr_hw"])  # still fits
-            if (row + options.window > state["sr_hw"][0]
-                    or col + options.window > state["sr_hw"][1]):
-                raise E.AppError(f"the {options.window}px window at ({row}, {col}) leaves the "
-                                 "SR image; click again to place it")
+            row, col = window_of(state, options.window)
             specs = state["specs"]
             names = E.model_names(specs)
             models = []
@@ -222,7 +231,7 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
         except (ValueError, RuntimeError, TypeError) as e:
             raise fail(E.AppError(f"the model cannot run on a dummy input: {E.user_message(e)}")
                        ) from e
-        classes = [str(c) for c in (E._meta(model).get("classes") or [])]
+        classes = [str(c) for c in (E.model_meta(model).get("classes") or [])]
         text = (f"{Path(spec).name}: {type(model).__name__}, {len(layers)} layers with a map; "
                 f"default {default}")
         return (gr.update(choices=layers, value=default),
@@ -263,7 +272,7 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
             model, spec = cam_model(choice, upload)
             path, name, uploaded = cam_image(img_choice, img_upload)
             x, fit = E.load_cam_image(path, model, limits, uploaded=uploaded)
-            classes = [str(c) for c in (E._meta(model).get("classes") or [])]
+            classes = [str(c) for c in (E.model_meta(model).get("classes") or [])]
             if target_kind == "top-k":
                 target: Any = TopK(max(1, int(k)))
             elif target_kind == "class":
@@ -391,6 +400,7 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
         # a click places the box at once; the LAM run follows as a queued event
         view.select(click, [state, window], [view, win_text, state], **light).success(
             explain_on_click, [auto, *lam_in], lam_out, **lam_kw)
+        window.change(resize, [state, window], [view, win_text], **light)
         run_btn.click(explain, lam_in, lam_out, **lam_kw)
 
         cam_kw: dict[str, Any] = {"concurrency_limit": cam_workers, "concurrency_id": "cam"}
