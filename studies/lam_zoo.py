@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lamcam.batch.windows import edge_energy, edge_windows
 from studies._common import (
     StudyRun,
     command_line,
@@ -55,34 +56,12 @@ KINDS = ("stripes", "grid", "dead-leaves")
 # --------------------------------------------------------------------------------------------
 # patches
 # --------------------------------------------------------------------------------------------
-def edge_energy(hr: torch.Tensor) -> torch.Tensor:
-    """``(H, W)`` LAM's gradient detector per pixel, ``sqrt(dy² + dx²)`` summed over channels."""
-    dy = hr[:, :-1, :-1] - hr[:, 1:, :-1]
-    dx = hr[:, :-1, :-1] - hr[:, :-1, 1:]
-    g = torch.sqrt(dy**2 + dx**2).sum(0).double()
-    return torch.nn.functional.pad(g, (0, 1, 0, 1))
-
-
 def pick_windows(hr: torch.Tensor, k: int, window: int = WINDOW, margin: int = WINDOW,
                  scale: int = SCALE) -> list[tuple[int, int, float]]:
-    """The ``k`` highest edge-energy windows on the LR grid, pairwise non-overlapping.
-
-    Returns ``[(row, col, energy)]`` in SR pixels, best first.
-    """
-    g = edge_energy(hr)
-    c = torch.nn.functional.pad(g.cumsum(0).cumsum(1), (1, 0, 1, 0))
-    e = c[window:, window:] - c[:-window, window:] - c[window:, :-window] + c[:-window, :-window]
-    h, w = g.shape
-    cand = [(float(e[r, q]), r, q) for r in range(margin, h - margin - window + 1, scale)
-            for q in range(margin, w - margin - window + 1, scale)]
-    cand.sort(key=lambda t: (-t[0], t[1], t[2]))
-    chosen: list[tuple[int, int, float]] = []
-    for en, r, q in cand:
-        if all(abs(r - r2) >= window or abs(q - q2) >= window for r2, q2, _ in chosen):
-            chosen.append((r, q, en))
-            if len(chosen) == k:
-                break
-    return chosen
+    """The ``k`` highest edge-energy windows on the LR grid, pairwise non-overlapping (the
+    criterion lives in the library, :func:`lamcam.batch.windows.edge_windows`, which ``lamcam
+    batch lam --windows edges:K`` uses too). Returns ``[(row, col, energy)]`` in SR pixels."""
+    return edge_windows(hr, k, window, scale=scale, margin=margin)
 
 
 def periodicity(hr: torch.Tensor, row: int, col: int, size: int = 48) -> float:

@@ -334,28 +334,12 @@ def parse_target(spec: str, classes: Sequence[str] | None = None) -> Any:
         >>> parse_target("top3").k
         3
     """
-    s = spec.strip()
-    if s.lower() in ("pred", "predicted", "none"):
-        return None
-    if re.fullmatch(r"[+-]?\d+", s):
-        return int(s)
-    m = re.fullmatch(r"top-?(\d+)", s.lower())
-    if m:
-        from lamcam import TopK
+    from lamcam.targets import parse_target as parse
 
-        k = int(m.group(1))
-        if k < 1:
-            raise CliError(f"--target {spec!r}: k must be at least 1")
-        return TopK(k)
-    if classes:
-        lowered = [c.lower() for c in classes]
-        if s.lower() in lowered:
-            return lowered.index(s.lower())
-        raise CliError(
-            f"--target {spec!r} is not 'pred', a class index, 'topK' or a class name "
-            f"(classes: {', '.join(classes)})"
-        )
-    raise CliError(f"--target {spec!r} is not 'pred', a class index or 'topK' (e.g. top5)")
+    try:
+        return parse(spec, classes)
+    except ValueError as e:
+        raise CliError(f"--{e}") from None
 
 
 def _model_meta(model: Any) -> dict[str, Any]:
@@ -1561,6 +1545,162 @@ def _run_serve(args: argparse.Namespace) -> int:
                  cam_workers=args.cam_workers, quiet=_VERBOSITY < 0)
 
 
+def _add_batch_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (default: local, in this process)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--ray", action="store_true",
+                       help="run on Ray Data with a local Ray started for this job")
+    where.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="run on an existing Ray cluster (the address `ray start --head` "
+                       "prints, e.g. 10.0.0.5:6379); the input paths must be readable there")
+    g.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="Ray actors, each with the model loaded once (default 2)")
+    g.add_argument("--batch-size", type=int, default=4, metavar="N",
+                   help="items per Ray batch (default 4)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N",
+                   help="CPUs Ray reserves per actor (default 1; each actor runs one torch thread)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads of the local engine (default: torch's own)")
+    p.add_argument("--out", required=True, help="results folder (created; a rerun resumes there)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+
+
+def _add_batch_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="dataset-scale CAM jobs and LAM surveys, locally or on Ray, resumable",
+        description=(
+            "Explain a whole dataset: `batch cam` (CAM metrics per image and method) or\n"
+            "`batch lam` (LAM over images x SR models x windows). Rows go to OUT/results.parquet\n"
+            "and a report to OUT/report.html. A rerun resumes (finished items are skipped);\n"
+            "a changed configuration starts clean. Items that fail are recorded with their error\n"
+            "and the others go on. Engines: local (default), --ray, --ray-address. Needs pyarrow\n"
+            "(and Ray for --ray): pip install 'lamcam[ray]'."
+        ),
+        epilog="exit status: 0 all items ok, 1 some items failed, 2 usage error, 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    jobs = p.add_subparsers(dest="job", metavar="<job>", required=True)
+    c = jobs.add_parser(
+        "cam", parents=[common], help="CAM methods over images: scores, map statistics, localisation",
+        description="One row per image and method (and rank, with --target topK): target, score, "
+                    "probability, layer, map statistics, and localisation metrics where a "
+                    "<stem>_mask.png (or a manifest's mask column) gives the ground truth.",
+        epilog=("examples:\n  lamcam batch cam data/ --model shapes_resnet --methods gradcam,"
+                "gradcam++ --out runs/cam\n  lamcam batch cam 'data/**/*.png' manifest.csv "
+                "--model ckpt.pth --ray --workers 2 --out runs/cam"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders, quoted globs, or CSV/JSONL manifests")
+    c.add_argument("--model", required=True, help="bundled classifier name or checkpoint")
+    c.add_argument("--arch", default=None, help="architecture of a checkpoint without metadata")
+    c.add_argument("--methods", default="gradcam,gradcam++",
+                   help="comma-separated methods (default gradcam,gradcam++)")
+    c.add_argument("--layer", default=None, help="layer (default: the model's default)")
+    c.add_argument("--target", default="pred", help="pred, a class index or name, or topK")
+    c.add_argument("--save-maps", action="store_true", help="also write each map as .npy")
+    c.add_argument("--save-overlays", action="store_true", help="also write each overlay as PNG")
+    _add_batch_engine_options(c)
+    c.set_defaults(func=_run_batch)
+    l_ = jobs.add_parser(
+        "lam", parents=[common], help="LAM survey: images x SR models x windows",
+        description="One row per image, SR model and window: DI, pixels95, completeness error, "
+                    "local PSNR against the HR image (a manifest's hr column, or x_hr.png beside "
+                    "x_lr.png), and every parameter.",
+        epilog=("windows:\n  edges:K    the K highest edge-energy windows, non-overlapping (the "
+                "studies' criterion; on the HR image, else the bicubic-upscaled LR image)\n"
+                "  grid:S     every S SR pixels\n  list:R,C;R,C  top-left corners in SR pixels\n"
+                "\nexamples:\n  lamcam batch lam lr/ --models sr_fsrcnn,sr_edsr --windows edges:8 "
+                "--out runs/lam\n  lamcam batch lam manifest.csv --models ckpt.pth --windows "
+                "grid:32 --ray-address 10.0.0.5:6379 --out runs/lam"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    l_.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="LR image files, folders, quoted globs, or CSV/JSONL manifests")
+    l_.add_argument("--models", required=True, help="comma-separated SR models or checkpoints")
+    l_.add_argument("--windows", default="edges:4", help="edges:K, grid:S or list:R,C;R,C")
+    l_.add_argument("--window", type=int, default=16, help="window side in SR pixels (default 16)")
+    l_.add_argument("--sigma", type=float, default=1.2, help="blur path sigma (default 1.2)")
+    l_.add_argument("--steps", type=int, default=50, help="path steps (default 50)")
+    l_.add_argument("--quadrature", default="riemann",
+                    choices=["riemann", "trapezoid", "gauss-legendre"])
+    l_.add_argument("--kernel-size", type=int, default=9, help="blur kernel (default 9)")
+    l_.add_argument("--save-maps", action="store_true", help="also write each attribution as .npy")
+    _add_batch_engine_options(l_)
+    l_.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import re
+
+    from lamcam.batch import CAMJob, InputError, LAMSurvey, find_inputs, run_job
+
+    for opt, v in (("--workers", args.workers), ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise CliError(f"{opt} must be positive, got {v}")
+    if not args.cpus_per_worker > 0:
+        raise CliError(f"--cpus-per-worker must be positive, got {args.cpus_per_worker}")
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads must be positive, got {args.threads}")
+    try:
+        inputs = find_inputs(args.inputs)
+    except InputError as e:
+        raise CliError(str(e)) from None
+    if args.job == "cam":
+        from lamcam.cam import METHODS
+
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if not methods or unknown:
+            raise CliError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose "
+                           f"from {', '.join(METHODS)}")
+        job: Any = CAMJob(inputs, args.model, methods, layer=args.layer, target=args.target,
+                          arch=args.arch, save_maps=args.save_maps,
+                          save_overlays=args.save_overlays)
+        # the model, layer and target are checked now, once, before any item runs
+        from lamcam.batch.jobs import make_worker
+
+        try:
+            make_worker("cam", job.config(), str(args.out))
+        except ValueError as e:
+            raise CliError(_layer_message(" ".join(str(e).split()), args.model)) from None
+    else:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not models:
+            raise CliError("--models is empty")
+        if not re.fullmatch(r"edges:\d+|grid:\d+|list:.+", args.windows):
+            raise CliError(f"--windows {args.windows!r}: use edges:K, grid:S or list:R,C;R,C")
+        if args.window < 1 or args.steps < 1:
+            raise CliError("--window and --steps must be positive")
+        if not args.sigma > 0:
+            raise CliError(f"--sigma must be positive, got {args.sigma}")
+        if args.kernel_size < 1 or args.kernel_size % 2 == 0:
+            raise CliError(f"--kernel-size must be a positive odd number, got {args.kernel_size}")
+        job = LAMSurvey(inputs, models, windows=args.windows, window=args.window,
+                        sigma=args.sigma, steps=args.steps, quadrature=args.quadrature,
+                        kernel_size=args.kernel_size, save_maps=args.save_maps)
+    engine = "ray" if (args.ray or args.ray_address) else "local"
+    try:
+        s = run_job(job, args.out, engine=engine, workers=args.workers, batch_size=args.batch_size,
+                    cpus_per_worker=args.cpus_per_worker, address=args.ray_address,
+                    threads=args.threads, progress=_progress(), say=_note,
+                    report=not args.no_report)
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    rate = f" ({s.items_per_second:.2f} items/s)" if s.processed else ""
+    report = f"; report {s.report}" if s.report else ""
+    _info(f"batch {args.job} ({engine}): {s.items} item(s), {s.skipped} done earlier, "
+          f"{s.processed} processed, {s.failed} failed, in {s.seconds:.1f} s{rate} -> "
+          f"{s.table}{report}")
+    if s.failed:
+        for item, error in list(s.errors.items())[:5]:
+            _err(f"{item}: {error}")
+        more = f" (first 5 above; all in {s.table})" if s.failed > 5 else ""
+        _err(f"{s.failed} item(s) failed{more}; a rerun retries them")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------
@@ -1572,6 +1712,7 @@ _SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_demo_parser,
     _add_layers_parser,
     _add_serve_parser,
+    _add_batch_parser,
 ]
 
 

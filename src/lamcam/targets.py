@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "TopK", "extract_logits", "resolve_target"]
+__all__ = ["Target", "TopK", "extract_logits", "resolve_target", "parse_target"]
 
 
 @dataclass(frozen=True)
@@ -182,3 +182,40 @@ def _batch_size(outputs: object) -> int | None:
             if isinstance(v, Tensor):
                 return v.shape[0]
     return None
+
+
+def parse_target(spec: str, classes: Sequence[str] | None = None) -> int | TopK | None:
+    """A target written as text (``lamcam cam --target``, ``lamcam batch cam --target``).
+
+    ``"pred"`` -> ``None`` (predicted class); ``"3"`` -> ``3``; ``"top5"`` -> ``TopK(5)``;
+    a class name from ``classes`` (case-insensitive) -> its index.
+
+    Raises:
+        ValueError: unrecognised specification (the message lists the forms and the classes).
+
+    Example:
+        >>> parse_target("pred") is None, parse_target("2"), parse_target("star", ["o", "star"])
+        (True, 2, 1)
+        >>> parse_target("top3").k
+        3
+    """
+    import re
+
+    s = spec.strip()
+    if s.lower() in ("pred", "predicted", "none"):
+        return None
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    m = re.fullmatch(r"top-?(\d+)", s.lower())
+    if m:
+        k = int(m.group(1))
+        if k < 1:
+            raise ValueError(f"target {spec!r}: k must be at least 1")
+        return TopK(k)
+    if classes:
+        lowered = [c.lower() for c in classes]
+        if s.lower() in lowered:
+            return lowered.index(s.lower())
+        raise ValueError(f"target {spec!r} is not 'pred', a class index, 'topK' or a class name "
+                         f"(classes: {', '.join(classes)})")
+    raise ValueError(f"target {spec!r} is not 'pred', a class index or 'topK' (e.g. top5)")
