@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, so that nothing below asks for another (see TORCH_INDEX above).
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[dev,sr,app]'
+	$(PY) -m pip install -q -e '.[dev,sr,app,ray]'
 	# spandrel (SR checkpoints) without its declared torchvision: PyPI's torchvision does not load
 	# beside the CPU torch, and asking for it would pull another torch. lamcam.zoo imports spandrel
 	# with a stand-in for the two non-SR architectures that need torchvision.

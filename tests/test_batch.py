@@ -261,3 +261,20 @@ def test_ray_engine_gives_the_local_rows_with_a_failure_and_a_resumed_run(local_
     b = run_job(survey, tmp_path / "lam-ray", engine="ray", workers=2, batch_size=2, report=False)
     assert a.processed == b.processed == 6 and a.failed == b.failed == 0
     assert _strip(a.rows) == _strip(b.rows)
+
+
+def test_windows_that_cannot_be_chosen_fail_every_model_and_gone_inputs_leave_the_table(
+        shapes, tmp_path):
+    inputs = find_inputs([str(SR / "chelsea_lr.png")])
+    job = LAMSurvey(inputs, ["sr_fsrcnn", "sr_edsr"], windows="grid:8", window=512)
+    s = run_job(job, tmp_path / "lam", report=False)
+    assert s.failed == 2 and {r["model"] for r in s.rows} == {"sr_fsrcnn", "sr_edsr"}
+    assert all("must fit" in r["error"] for r in s.rows)
+
+    cam = CAMJob(find_inputs([str(shapes)]), "shapes_resnet", ["gradcam"])
+    assert run_job(cam, tmp_path / "cam", report=False).failed == 1
+    (shapes / "9_broken.png").unlink()
+    cam = CAMJob(find_inputs([str(shapes)]), "shapes_resnet", ["gradcam"])
+    again = run_job(cam, tmp_path / "cam", report=False)
+    assert (again.skipped, again.processed, again.failed) == (6, 0, 0)
+    assert len(read_table(again.table)) == 6  # the removed input's failure is no longer listed

@@ -250,6 +250,16 @@ def test_failures_are_capped(tmp_path: Path) -> None:
     assert "5 more are in results.parquet" in page
 
 
+def test_failures_of_earlier_items_are_listed_last(tmp_path: Path) -> None:
+    rows = cam_rows()
+    rows.insert(0, _complete("cam", {"item_id": "old", "status": "failed", "error": "gone"}))
+    s = summary_of(tmp_path, rows)
+    s.errors = {"d": s.errors["d"]}
+    page = write_report(s, cam_job()).read_text()
+    assert page.index("<td>d</td>") < page.index("<td>old</td>")
+    assert "2 item(s) failed" in page and "1 of them (listed last)" in page
+
+
 # --------------------------------------------------------------------------------------------
 # end to end
 # --------------------------------------------------------------------------------------------
@@ -275,3 +285,18 @@ def test_end_to_end_cam(tmp_path: Path, one_thread: None) -> None:
         assert cells[m][col] == g3(statistics.fmean(pg))
         assert cells[m][1] == str(s.items)
     check_images(tmp_path, page)
+
+
+def test_end_to_end_lam(tmp_path: Path, one_thread: None) -> None:
+    from lamcam import zoo
+    from lamcam.batch import find_inputs, run_job
+
+    job = LAMSurvey(find_inputs([str(zoo.sr_samples()[0]["lr"])]), ["sr_fsrcnn"], windows="edges:2",
+                    window=16, steps=4)
+    s = run_job(job, tmp_path, progress=False)
+    page = s.report.read_text()
+    assert section_titles(page) == ["Overview", "Models", "Plots", "Full table"]
+    di = [r["diffusion_index"] for r in s.rows]
+    assert table_rows(page)["sr_fsrcnn"][:5] == ["sr_fsrcnn", "2", "0", g3(statistics.fmean(di)),
+                                                 g3(statistics.median(di))]
+    assert check_images(tmp_path, page) == ["report/lam_di.png", "report/lam_di_psnr.png"]

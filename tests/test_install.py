@@ -83,7 +83,7 @@ def resolved(tmp_path_factory) -> dict[str, list[tuple[str, str]]]:
 
 
 def test_extras_are_the_documented_ones():
-    assert set(EXTRAS) == {"sr", "app", "bench", "dev"}  # ray returns with its issue
+    assert set(EXTRAS) == {"sr", "app", "ray", "bench", "dev"}
     assert not any(r.split(">")[0].split("=")[0].strip() == "spandrel" for r in EXTRAS["sr"]), (
         "spandrel in an extra drags its declared torchvision (and a newer torch) in: "
         "install it with --no-deps"

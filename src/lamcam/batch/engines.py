@@ -163,15 +163,24 @@ def run_job(
                      bar, say)
         else:
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    except BaseException:
+        # interrupted or broken: still leave a whole table of what finished, without letting a
+        # second failure hide the first
+        try:
+            store.consolidate(order)
+        except Exception:  # noqa: BLE001, S110 - the original exception is what matters
+            pass
+        raise
     finally:
         if bar is not None:
             bar.close()
-        rows = store.consolidate(order)  # also after an interruption: a whole table of what is done
+    rows = store.consolidate(order)
+    current = set(order)
     latest: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         latest.setdefault(r["item_id"], []).append(r)
     errors = {k: next(r["error"] for r in rs if r["status"] != "ok") for k, rs in latest.items()
-              if k in set(order) and any(r["status"] != "ok" for r in rs)}
+              if k in current and any(r["status"] != "ok" for r in rs)}
     summary = BatchSummary(Path(out), Path(out) / "results.parquet", rows, len(items), skipped,
                            len(todo), len(errors), time.perf_counter() - t0, engine, errors,
                            store.message)
@@ -220,7 +229,11 @@ def _run_ray(kind: str, config: dict[str, Any], todo: list[dict[str, Any]], stor
             say(f"ray: started a local Ray with {workers} worker(s)")
         started = True
     try:
-        ctx = ray.data.DataContext.get_current()
+        import warnings
+
+        with warnings.catch_warnings():  # Ray's own deprecated defaults, not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts items
         # one block per batch: Ray hands blocks to actors, and a single block (from_items' choice
         # for a small list) would keep every actor but one idle
@@ -231,7 +244,8 @@ def _run_ray(kind: str, config: dict[str, Any], todo: list[dict[str, Any]], stor
             RayWorker,
             fn_constructor_kwargs={"kind": kind, "config": config, "out_dir": str(store.out),
                                    "threads": 1},
-            compute=ray.data.ActorPoolStrategy(size=int(workers)),
+            # no more actors than blocks: an actor without a block would only load the model
+            compute=ray.data.ActorPoolStrategy(size=min(int(workers), n_blocks)),
             num_cpus=cpus_per_worker,
             batch_size=int(batch_size),
             batch_format="numpy",

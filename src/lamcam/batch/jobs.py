@@ -195,28 +195,28 @@ class LAMSurvey:
                     items.append({"item_id": f"{e.key}|{m}", "image": e.image, "hr": e.hr,
                                   "model": m, "error": _error_text(err)})
                 continue
-            by_scale: dict[int, list[tuple[int, int, float | None]]] = {}
+            by_scale: dict[int, list[tuple[int, int, float | None]] | str] = {}
             for m in self.models:
                 s = scales[m]
                 if s not in by_scale:
                     sr_hw = (lr_h * s, lr_w * s)
                     try:
                         if kind == "grid":
-                            wins = [(r, c, None) for r, c in grid_windows(sr_hw, self.window,
-                                                                          int(arg))]
+                            by_scale[s] = [(r, c, None) for r, c in
+                                           grid_windows(sr_hw, self.window, int(arg))]
                         elif kind == "list":
-                            wins = [(r, c, None) for r, c in parse_windows(arg)]
+                            by_scale[s] = [(r, c, None) for r, c in parse_windows(arg)]
                         else:
                             ref = (load_image(e.hr) if e.hr else _upscaled(load_image(e.image), s))
-                            wins = [(r, c, en) for r, c, en in
-                                    edge_windows(ref, int(arg), self.window, scale=s)]
+                            by_scale[s] = list(edge_windows(ref, int(arg), self.window, scale=s))
                     except Exception as err:  # noqa: BLE001 - recorded as the image's failure
-                        by_scale[s] = []
-                        items.append({"item_id": f"{e.key}|{m}", "image": e.image, "hr": e.hr,
-                                      "model": m, "error": _error_text(err)})
-                        continue
-                    by_scale[s] = wins
-                for r, c, en in by_scale[s]:
+                        by_scale[s] = _error_text(err)
+                wins = by_scale[s]
+                if isinstance(wins, str):  # no windows for this image: one failed item per model
+                    items.append({"item_id": f"{e.key}|{m}", "image": e.image, "hr": e.hr,
+                                  "model": m, "error": wins})
+                    continue
+                for r, c, en in wins:
                     items.append({"item_id": f"{e.key}|{m}|{r},{c}|{self.window}",
                                   "image": e.image, "hr": e.hr, "model": m, "row": r, "col": c,
                                   "edge_energy": en, "window_source": kind})

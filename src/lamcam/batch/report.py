@@ -317,21 +317,29 @@ def _overview(summary: Any, job: Any, kind: str, n_ok: int) -> Section:
 
 
 def _failures(summary: Any) -> Section | None:
+    """Failed items of the table, this run's first (``summary.errors``), then any failed item the
+    table keeps from an earlier run whose item list differed."""
     errors: dict[str, str] = {}
     for r in summary.rows:
         if r.get("status") != "ok" and r.get("item_id") is not None:
             errors.setdefault(str(r["item_id"]), str(r.get("error") or "unknown error"))
-    for k, e in (summary.errors or {}).items():
-        errors.setdefault(str(k), str(e))
+    current = {str(k): str(e) for k, e in (summary.errors or {}).items()}
+    for k, e in current.items():
+        errors.setdefault(k, e)
     if not errors:
         return None
-    shown = list(errors.items())[:MAX_FAILURES]
-    more = len(errors) - len(shown)
-    text = (f"{len(errors)} item(s) failed; a rerun with the same configuration tries them "
-            f"again.")
+    # with errors given (or none failed), a failed row of another item is not one of this run's
+    stale = ([k for k in errors if k not in current] if current or not summary.failed else [])
+    order = [k for k in errors if k not in stale] + stale
+    shown = order[:MAX_FAILURES]
+    more = len(order) - len(shown)
+    text = f"{len(errors)} item(s) failed; a rerun with the same configuration tries them again."
+    if stale:
+        text += (f" {len(stale)} of them (listed last) are not among this run's items: results.parquet "
+                 "keeps them from an earlier run of the same configuration.")
     if more:
         text += f"\n\nThe first {len(shown)} are listed; {more} more are in results.parquet."
-    return Section("Failures", text, table=[["item", "error"]] + [[k, e] for k, e in shown])
+    return Section("Failures", text, table=[["item", "error"]] + [[k, errors[k]] for k in shown])
 
 
 def _cam_sections(summary: Any, job: Any, ok: list[dict[str, Any]], written: list[str]

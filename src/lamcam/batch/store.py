@@ -150,11 +150,14 @@ class RunStore:
         return _atomic_parquet(rows, self.kind, self.parts / f"part-{n:06d}.parquet")
 
     def consolidate(self, order: list[str] | None = None) -> list[dict[str, Any]]:
-        """Write ``results.parquet`` (every item's latest rows) atomically and return its rows,
-        in ``order`` of item ids where given (then the rest, sorted)."""
+        """Write ``results.parquet`` atomically and return its rows: the latest rows of the items
+        in ``order`` (the job's current items, in that order), or of every item stored when
+        ``order`` is ``None``. Rows of items no longer in the inputs stay in the parts only."""
         latest = self.latest()
-        rank = {k: i for i, k in enumerate(order or [])}
-        keys = sorted(latest, key=lambda k: (rank.get(k, len(rank)), k))
+        if order is None:
+            keys = sorted(latest)
+        else:
+            keys = [k for k in dict.fromkeys(order) if k in latest]
         rows = [r for k in keys for r in latest[k]]
         _atomic_parquet(rows, self.kind, self.out / "results.parquet")
         return rows
