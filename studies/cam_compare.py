@@ -1,4 +1,6 @@
-"""Study (a): CAM vs Grad-CAM vs Grad-CAM++ (and the guided variants) on multi-instance shapes.
+"""Study (a): CAM vs Grad-CAM vs Grad-CAM++ (and the guided variants, and the rest of the family
+users know from the peers: HiResCAM, XGrad-CAM, LayerCAM, Score-CAM, Ablation-CAM, Eigen-CAM) on
+multi-instance shapes.
 
 The Grad-CAM++ paper claims that its weighting (eq. 19) (i) is more faithful — lower Average Drop,
 higher Increase in Confidence, wins more often — and (ii) localises *every* instance of a class
@@ -36,7 +38,8 @@ from studies._common import (
 
 NAME = "cam_compare"
 METHODS = ("cam", "gradcam", "gradcam++", "gradcam++softmax", "guided-backprop", "guided-gradcam",
-           "guided-gradcam++")
+           "guided-gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "ablationcam",
+           "eigencam")
 MODELS = ("shapes_resnet", "shapes_vgg")
 SEED = 7000  # the zoo trained on seed 1000 and was scored on 2000
 
@@ -240,6 +243,21 @@ def _notes(evals: dict[str, Evaluation]) -> str:
                        f", but Average Drop {g['average_drop']:.1f} % vs {c['average_drop']:.1f} %: a "
                        "high-resolution, edge-like map localises well yet, used as a multiplicative "
                        "mask, removes most of the image.")
+        if "hirescam" in s and "gradcam" in s:
+            same = all(abs(s["hirescam"][k] - s["gradcam"][k]) <= 1e-4 * max(1.0, abs(s["gradcam"][k]))
+                       for k in ("average_drop", "deletion", "insertion", "energy"))
+            out.append(f"- {model_name}: HiResCAM and Grad-CAM {'agree' if same else 'differ'} — "
+                       + ("the default layer feeds global average pooling and a linear head, where the "
+                          "gradient is the same at every position and HiResCAM is Grad-CAM exactly."
+                          if same else "the gradient varies over positions at this layer."))
+        new = [m for m in ("hirescam", "xgradcam", "layercam", "scorecam", "ablationcam", "eigencam")
+               if m in s]
+        if new and "gradcam" in s:
+            g = s["gradcam"]
+            parts = [f"{m} AD {s[m]['average_drop']:.1f} % / energy {s[m]['energy']:.3f} / coverage "
+                     f"{s[m]['coverage']:.3f}" for m in new]
+            out.append(f"- {model_name}: against Grad-CAM (AD {g['average_drop']:.1f} % / energy "
+                       f"{g['energy']:.3f} / coverage {g['coverage']:.3f}): " + "; ".join(parts) + ".")
         dl = {m: s[m]["deletion"] for m in s if not math.isnan(s[m]["deletion"])}
         if dl:
             best = min(dl, key=dl.get)

@@ -38,7 +38,8 @@ from studies._common import (
 
 NAME = "sanity"
 METHODS = ("cam", "gradcam", "gradcam++", "gradcam++softmax", "guided-backprop", "guided-gradcam",
-           "guided-gradcam++", "edge-detector")
+           "guided-gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "ablationcam",
+           "eigencam", "edge-detector")
 MODELS = ("shapes_resnet", "shapes_vgg")
 SEED = 7100
 PASS_HALF, PASS_FULL = 0.5, 0.2

@@ -44,6 +44,8 @@ from lamcam.hooks import (
     zero_head_hint,
 )
 from lamcam.layout import (
+    CHANNELS_FIRST,
+    CHANNELS_LAST,
     RESHAPE,
     TOKENS,
     Layout,
@@ -394,6 +396,7 @@ class _Pass:
     multi: bool
     layouts: list[Layout]
     grads_cache: list[Tensor] | None = None
+    target: Any = None
 
 
 class BaseCAM:
@@ -596,6 +599,12 @@ class BaseCAM:
     def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _fuse(self, ups: list[Tensor], ndim: int) -> Tensor:
+        """One map from several layers' normalised, upsampled maps (``fuse``: mean or max)."""
+        if self.fuse == "mean":
+            return normalize_minmax(torch.stack(ups).mean(0), ndim)
+        return torch.stack(ups).amax(0)
+
     def __call__(self, images: Tensor, target: Target = None) -> CAMResult:
         """Explain ``images`` ``(B, C, *spatial)`` for ``target`` (see :mod:`lamcam.targets`)."""
         x = self._check_input(images)
@@ -635,7 +644,7 @@ class BaseCAM:
                 raise ValueError(f"the target scores are NaN or inf for images {bad[:10]}; check the "
                                  "target callable and the model's outputs")
             layouts = [self._layout(t, x) for t in taps]
-            p = _Pass(x, outputs, scores, idx, taps, multi, layouts)
+            p = _Pass(x, outputs, scores, idx, taps, multi, layouts, target=target)
 
             maps = raw = None
             if taps:
@@ -643,12 +652,7 @@ class BaseCAM:
                 raws = self._layer_maps(p, acts)
                 size = x.shape[2:]
                 ups = [normalize_minmax(upsample_maps(r, size), len(size)) for r in raws]
-                if len(ups) == 1:
-                    maps = ups[0]
-                elif self.fuse == "mean":
-                    maps = normalize_minmax(torch.stack(ups).mean(0), len(size))
-                else:
-                    maps = torch.stack(ups).amax(0)
+                maps = ups[0] if len(ups) == 1 else self._fuse(ups, len(size))
                 raw = raws[0] if len(raws) == 1 else tuple(raws)
             if self.guided:
                 assert isinstance(mode, GuidedReLUMode)
@@ -923,6 +927,333 @@ class GuidedGradCAMPlusPlus(GradCAMPlusPlus):
     guided = True
 
 
+# --------------------------------------------------------------------------------------------
+# The rest of the family the peers offer: one rule each on the same engine
+# --------------------------------------------------------------------------------------------
+
+
+def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
+    """HiResCAM (Draelos & Carin 2020): ``relu(Σ_c g_c ⊙ A_c)``, element-wise, no spatial averaging.
+
+    Args:
+        acts: ``(B, C, *S)``; grads: ``(B, K, C, *S)``.
+
+    Returns:
+        ``(B, K, *S)``.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])          # B=1, C=2, 1x2
+        >>> g = torch.tensor([[[[[1.0, -1.0]], [[0.5, 4.0]]]]])       # B=1, K=1
+        >>> hirescam_map(a, g)                                         # relu([1+1.5, -2+0])
+        tensor([[[[2.5000, 0.0000]]]])
+    """
+    return (_wide(grads) * _wide(acts).unsqueeze(1)).sum(dim=2).clamp(min=0)
+
+
+def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
+    """XGrad-CAM (Fu et al. 2020) weights: ``Σ_ij A_ij g_ij / Σ_ij A_ij`` per channel (0 where a
+    channel's activations sum to 0).
+
+    Args:
+        acts: ``(B, C, *S)``; grads: ``(B, K, C, *S)``.
+
+    Returns:
+        ``(B, K, C)``.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0, 3.0]]]])
+        >>> g = torch.tensor([[[[[2.0, -1.0]]]]])
+        >>> xgradcam_weights(a, g)                                     # (2 - 3) / 4
+        tensor([[[-0.2500]]])
+    """
+    a = _wide(acts).unsqueeze(1)
+    g = _wide(grads)
+    dims = _spatial(g, 3)
+    num = (a * g).sum(dim=dims)
+    den = a.sum(dim=dims).expand_as(num)
+    return _safe_ratio(num, den)
+
+
+def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
+    """LayerCAM (Jiang et al. 2021): ``relu(Σ_c relu(g_c) ⊙ A_c)``, element-wise.
+
+    Args:
+        acts: ``(B, C, *S)``; grads: ``(B, K, C, *S)``.
+
+    Returns:
+        ``(B, K, *S)``.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])
+        >>> g = torch.tensor([[[[[1.0, -1.0]], [[0.5, 4.0]]]]])
+        >>> layercam_map(a, g)                                         # [1 + 1.5, 0 + 0]
+        tensor([[[[2.5000, 0.0000]]]])
+    """
+    return (_wide(grads).clamp(min=0) * _wide(acts).unsqueeze(1)).sum(dim=2).clamp(min=0)
+
+
+def eigencam_map(acts: Tensor) -> Tensor:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the activations projected on their first principal
+    component.
+
+    Per image, the ``(N, C)`` matrix of the N positions' channel vectors is centred (each channel's
+    mean over positions removed) and its first right singular vector ``v`` taken; the map is
+    ``(A - mean) · v`` per position. A singular vector's sign is arbitrary; it is chosen so that the
+    map correlates positively with the total activation ``Σ_c A_c`` (where the layer is active is
+    shown bright). Class-agnostic: no gradient, no target.
+
+    Args:
+        acts: ``(B, C, *S)``.
+
+    Returns:
+        ``(B, *S)``, signed.
+
+    Example:
+        >>> a = torch.zeros(1, 2, 1, 3); a[0, 0] = torch.tensor([0.0, 1.0, 2.0]); a[0, 1] = 2 * a[0, 0]
+        >>> eigencam_map(a)                                            # rank one: along (1, 2)/√5
+        tensor([[[-2.2361,  0.0000,  2.2361]]])
+    """
+    a = _wide(acts)
+    b, c = a.shape[:2]
+    m = a.reshape(b, c, -1).transpose(1, 2)                 # (B, N, C)
+    centred = m - m.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vh[:, 0, :].unsqueeze(-1)               # (B, N, 1)
+    proj = proj.squeeze(-1)
+    total = m.sum(dim=2)
+    total = total - total.mean(dim=1, keepdim=True)
+    sign = torch.where((proj * total).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj.dtype)
+    return (proj * sign).reshape(b, *a.shape[2:])
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM: the gradient times the activation, summed over channels, per position
+    (:func:`hirescam_map`). Equal to Grad-CAM up to a positive factor when the head is global
+    average pooling then linear; otherwise it keeps where the gradient points, which Grad-CAM's
+    spatial average loses. Cost: one forward, one backward to the layer per target."""
+
+    method = "hirescam"
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        grads = self._layer_grads(p)
+        return [hirescam_map(a, g) for a, g in zip(acts, grads, strict=True)]
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM: channel weights ``Σ A g / Σ A`` (:func:`xgradcam_weights`), the activation-
+    weighted average of the gradient. Cost as Grad-CAM."""
+
+    method = "xgradcam"
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return xgradcam_weights(acts, grads)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM: ``relu(Σ_c relu(g_c) ⊙ A_c)`` per position (:func:`layercam_map`), reliable on
+    shallow layers, where Grad-CAM's averaged weights are not.
+
+    With several layers (``layer=["layer1", "layer2", "layer3"]``), the maps are fused as the paper
+    does: each layer's map, normalised to [0, 1], is scaled by ``tanh(gamma · m)`` (eq. 9, which
+    lifts the small values of shallow layers), upsampled, and the element-wise maximum is taken.
+
+    Args:
+        gamma: the scaling of eq. 9 (the paper's 2).
+    """
+
+    method = "layercam"
+
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, gamma: float = 2.0,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("fuse", "max")
+        super().__init__(model, layer, **kwargs)
+        if not gamma > 0:
+            raise ValueError(f"gamma must be positive (the paper uses 2), got {gamma}")
+        self.gamma = float(gamma)
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        grads = self._layer_grads(p)
+        return [layercam_map(a, g) for a, g in zip(acts, grads, strict=True)]
+
+    def _fuse(self, ups: list[Tensor], ndim: int) -> Tensor:
+        if self.fuse == "mean":
+            return super()._fuse(ups, ndim)
+        scaled = [torch.tanh(self.gamma * u) for u in ups]
+        return normalize_minmax(torch.stack(scaled).amax(0), ndim)
+
+
+class EigenCAM(BaseCAM):
+    """Eigen-CAM: the first principal component of the layer's activations
+    (:func:`eigencam_map`). Class-agnostic: every target gets the same map (the target still sets
+    ``res.scores``). Cost: one forward pass and one small SVD per image; no backward pass."""
+
+    method = "eigencam"
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        k = p.scores.shape[1]
+        return [eigencam_map(a).unsqueeze(1).expand(-1, k, *a.shape[2:]) for a in acts]
+
+
+class _PerturbationCAM(BaseCAM):
+    """Methods whose weights come from extra forward passes, ``batch_size`` of them at a time."""
+
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, batch_size: int = 32,
+                 progress: bool | None = None, **kwargs: Any) -> None:
+        if kwargs.get("differentiable"):
+            raise ValueError(f"{type(self).__name__}'s weights are scores of extra forward passes, "
+                             "not a function autograd can differentiate; use Grad-CAM, Grad-CAM++, "
+                             "HiResCAM, XGrad-CAM or LayerCAM for differentiable maps")
+        super().__init__(model, layer, **kwargs)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def _warn_train_mode(self) -> None:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+               for m in self.model.modules()):
+            warnings.warn(f"{self.method}: BatchNorm layers are in train mode, so each batch of "
+                          "extra passes is normalised by its own statistics and the weights depend "
+                          "on batch_size; call model.eval() first", stacklevel=4)
+
+    def _scores(self, p: _Pass, b: int, outputs: Any) -> Tensor:
+        """The explained scores ``(n, K)`` of image ``b``'s targets on ``n`` extra outputs."""
+        if p.indices is not None:
+            logits = extract_logits(outputs)
+            return logits[:, p.indices[b]]
+        s, _, _ = resolve_target(outputs, p.target)
+        return s.reshape(s.shape[0], -1)
+
+    def _bar(self, total: int) -> Any:
+        from lamcam._progress import show
+
+        if not show(self.progress) or total < 2:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=self.method, unit="pass")
+
+
+class ScoreCAM(_PerturbationCAM):
+    """Score-CAM (Wang et al. 2020): each channel, upsampled to the input and min-max normalised to
+    [0, 1], masks the input; the channel's weight is the softmax, over channels, of the target
+    score on its masked input. ``relu(Σ_c w_c A_c)`` as usual.
+
+    This is the weighting pytorch-grad-cam uses (softmax over channels of the target logit). A
+    constant channel carries no location and masks the input to zero.
+
+    Cost: one forward pass per channel and image, ``batch_size`` masked inputs at a time (memory
+    is bounded by ``batch_size`` inputs); a progress bar counts the passes. No backward pass.
+    """
+
+    method = "scorecam"
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        self._warn_train_mode()
+        size = p.x.shape[2:]
+        nd = len(size)
+        b_total, k_total = p.scores.shape[:2]
+        chans = [a.shape[1] for a in acts]
+        bar = self._bar(sum(b_total * -(-c // self.batch_size) for c in chans))
+        out = []
+        try:
+            for a in acts:
+                a = a.detach()
+                c_total = a.shape[1]
+                weights = torch.empty(b_total, k_total, c_total, dtype=torch.float64,
+                                      device=a.device)
+                for b in range(b_total):
+                    scores = []
+                    for c0 in range(0, c_total, self.batch_size):
+                        up = upsample_maps(a[b, c0:c0 + self.batch_size], size)   # (n, *X)
+                        masks = normalize_minmax(up, nd).to(p.x.dtype)
+                        masked = p.x[b].detach().unsqueeze(0) * masks.unsqueeze(1)
+                        with torch.no_grad():
+                            scores.append(self._scores(p, b, self.model(masked)).double())
+                        if bar is not None:
+                            bar.update(1)
+                    s = torch.cat(scores, dim=0)                                  # (C, K)
+                    weights[b] = torch.softmax(s, dim=0).transpose(0, 1)
+                out.append(cam_from_weights(a, weights))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+
+def _zero_channels(out: Tensor, layout: Layout, channels: Sequence[int]) -> Tensor:
+    """Copies of one layer output ``(1, *shape)``, copy ``i`` with map channel ``channels[i]`` zero.
+
+    "Channel" is the map's channel (see :mod:`lamcam.layout`): a feature map of a CNN, a feature
+    of every patch token of a ViT (the class and register tokens are left as they are).
+    """
+    if layout.kind not in (CHANNELS_FIRST, CHANNELS_LAST, TOKENS):
+        raise ValueError("Ablation-CAM zeroes the layer's channels in its own output, which a "
+                         "custom reshape= does not say how to do; use a layer whose output lamcam "
+                         "reads itself (channels-first, channels-last or tokens)")
+    rep = out.expand(len(channels), *out.shape[1:]).clone()
+    for i, c in enumerate(channels):
+        if layout.kind == CHANNELS_FIRST:
+            rep[i, c] = 0
+        elif layout.kind == CHANNELS_LAST:
+            rep[i, ..., c] = 0
+        else:
+            rep[i, layout.prefix:, c] = 0
+    return rep
+
+
+class AblationCAM(_PerturbationCAM):
+    """Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is the relative drop of the target
+    score when that channel is zeroed, ``w_c = (y - y_c) / y`` (0 where ``y`` is 0);
+    ``relu(Σ_c w_c A_c)``.
+
+    The channel is zeroed in the layer's output during a full forward pass (the layer's output is
+    replaced, the model is not changed). Cost: one forward pass per channel and image,
+    ``batch_size`` at a time; a progress bar counts the passes. No backward pass.
+    """
+
+    method = "ablationcam"
+
+    def _layer_maps(self, p: _Pass, acts: list[Tensor]) -> list[Tensor]:
+        self._warn_train_mode()
+        b_total, k_total = p.scores.shape[:2]
+        chans = [a.shape[1] for a in acts]
+        bar = self._bar(sum(b_total * -(-c // self.batch_size) for c in chans))
+        out = []
+        try:
+            for tap, layout, a in zip(p.taps, p.layouts, acts, strict=True):
+                a = a.detach()
+                c_total = a.shape[1]
+                weights = torch.empty(b_total, k_total, c_total, dtype=torch.float64,
+                                      device=a.device)
+                for b in range(b_total):
+                    y = p.scores[b].detach().double()                              # (K,)
+                    layer_out = tap.output[b:b + 1].detach()
+                    drops = []
+                    for c0 in range(0, c_total, self.batch_size):
+                        ch = list(range(c0, min(c0 + self.batch_size, c_total)))
+                        ablated = _zero_channels(layer_out, layout, ch)
+
+                        def replace(_m: nn.Module, _i: Any, _o: Any, new: Tensor = ablated) -> Tensor:
+                            return new
+                        h = tap.module.register_forward_hook(replace)
+                        try:
+                            with torch.no_grad():
+                                outputs = self.model(p.x[b:b + 1].detach().expand(len(ch), *p.x.shape[1:]))
+                        finally:
+                            h.remove()
+                        drops.append(self._scores(p, b, outputs).double())
+                        if bar is not None:
+                            bar.update(1)
+                    yc = torch.cat(drops, dim=0)                                   # (C, K)
+                    weights[b] = _safe_ratio(y.unsqueeze(0) - yc, y.unsqueeze(0).expand_as(yc)).T
+                out.append(cam_from_weights(a, weights))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+
 def guided_backprop(model: nn.Module, images: Tensor, target=None) -> Tensor:  # noqa: ANN001
     """The guided input gradient ``(B, C, *spatial)`` of each image's target score.
 
@@ -940,7 +1271,8 @@ def guided_backprop(model: nn.Module, images: Tensor, target=None) -> Tensor:  #
 METHODS: dict[str, type[BaseCAM]] = {
     cls.method: cls
     for cls in (CAM, GradCAM, GradCAMPlusPlus, GradCAMPlusPlusSoftmax, GuidedBackprop,
-                GuidedGradCAM, GuidedGradCAMPlusPlus)
+                GuidedGradCAM, GuidedGradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM,
+                AblationCAM, EigenCAM)
 }
 
 
@@ -972,6 +1304,8 @@ def make_explainer(method: str, model: nn.Module, layer: LayerSpec = None, **kwa
         'GradCAMPlusPlus'
     """
     key = method.lower().replace("_", "-").replace("pp", "++").replace(" ", "")
+    undashed = {k.replace("-", ""): k for k in METHODS}
+    key = undashed.get(key.replace("-", ""), key)  # "score-cam", "Grad-CAM" work too
     if key not in METHODS:
         import difflib
 

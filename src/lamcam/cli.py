@@ -59,7 +59,8 @@ __all__ = ["main", "build_parser", "parse_target", "CliError"]
 
 #: CAM-family methods shown in help texts (the authoritative list is ``lamcam.METHODS``).
 _METHOD_HELP = (
-    "cam, gradcam, gradcam++, gradcam++softmax, guided-backprop, guided-gradcam, guided-gradcam++"
+    "cam, gradcam, gradcam++, gradcam++softmax, guided-backprop, guided-gradcam, guided-gradcam++, "
+    "hirescam, xgradcam, layercam, scorecam, ablationcam, eigencam"
 )
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3

@@ -83,6 +83,12 @@ METHOD_TITLES: dict[str, str] = {
     "guided-backprop": "Guided Backprop",
     "guided-gradcam": "Guided Grad-CAM",
     "guided-gradcam++": "Guided Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "scorecam": "Score-CAM",
+    "ablationcam": "Ablation-CAM",
+    "eigencam": "Eigen-CAM",
 }
 
 #: Bundled classifiers used when no model list is given.

@@ -378,6 +378,8 @@ def evaluate(
     for m in methods:
         try:
             explainers[m] = make_explainer(m, model, layer)
+            if hasattr(explainers[m], "progress"):  # Score-/Ablation-CAM: eval's bar counts maps
+                explainers[m].progress = False
             explainers[m](images[:1])  # fail early, before the long loop
         except (ValueError, TypeError, RuntimeError) as e:
             raise MetricUnavailableError(f"method {m!r} cannot explain this model: {e}") from e
