@@ -243,13 +243,26 @@ def _notes(evals: dict[str, Evaluation]) -> str:
                        f", but Average Drop {g['average_drop']:.1f} % vs {c['average_drop']:.1f} %: a "
                        "high-resolution, edge-like map localises well yet, used as a multiplicative "
                        "mask, removes most of the image.")
-        if "hirescam" in s and "gradcam" in s:
-            same = all(abs(s["hirescam"][k] - s["gradcam"][k]) <= 1e-4 * max(1.0, abs(s["gradcam"][k]))
-                       for k in ("average_drop", "deletion", "insertion", "energy"))
-            out.append(f"- {model_name}: HiResCAM and Grad-CAM {'agree' if same else 'differ'} — "
-                       + ("the default layer feeds global average pooling and a linear head, where the "
-                          "gradient is the same at every position and HiResCAM is Grad-CAM exactly."
-                          if same else "the gradient varies over positions at this layer."))
+        for m, name in (("hirescam", "HiResCAM"), ("xgradcam", "XGrad-CAM")):
+            if m in s and "gradcam" in s:
+                same = all(abs(s[m][k] - s["gradcam"][k]) <= 1e-4 * max(1.0, abs(s["gradcam"][k]))
+                           for k in ("average_drop", "deletion", "insertion", "energy"))
+                out.append(f"- {model_name}: {name} and Grad-CAM {'agree' if same else 'differ'} — "
+                           + ("the default layer feeds global average pooling and a linear head: the "
+                              "gradient is the same at every position of a channel, so both reduce "
+                              "to Grad-CAM's weights exactly (coverage, which counts local maxima, "
+                              "can move by an image through rounding)." if same else
+                              "the gradient varies over positions at this layer."))
+        wins = ev.win_matrix()
+        if len(ev.methods) > 2:
+            mean_win = {a: float(np.nanmean(row)) for a, row in zip(ev.methods, wins, strict=True)}
+            top = max(mean_win, key=mean_win.get)
+            out.append(f"- {model_name}: the highest mean Win % against the other methods belongs to "
+                       f"{top} ({mean_win[top]:.1f} %).")
+        if "eigencam" in s:
+            out.append(f"- {model_name}: Eigen-CAM scores like the class-discriminative methods here "
+                       "because every image holds one class (several instances of it); it shows the "
+                       "same map whatever class is asked, so it cannot separate classes in one image.")
         new = [m for m in ("hirescam", "xgradcam", "layercam", "scorecam", "ablationcam", "eigencam")
                if m in s]
         if new and "gradcam" in s:

@@ -259,6 +259,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "weights are, so a random head leaves it nearly unchanged. Measured: Spearman ρ between "
                 f"the trained maps and the class-agnostic Σ_k A_k is {agree['gradcam++']:.2f} for "
                 f"Grad-CAM++ and {agree['gradcam']:.2f} for Grad-CAM.")
+    nonneg = [m for m in ("gradcam++", "layercam", "scorecam") if m in failed]
+    signed = [m for m in ("cam", "gradcam", "hirescam", "xgradcam", "ablationcam") if m in methods]
+    if nonneg and signed:
+        verdict = {(r[0], r[1]): (r[4], r[5]) for r in summary_rows}
+        abl = "; ".join(f"{mn}: ρ all random {verdict[(mn, 'ablationcam')][0]:.2f}, "
+                        f"{verdict[(mn, 'ablationcam')][1]}" for mn in models
+                        if (mn, "ablationcam") in verdict)
+        md.append(
+            "\n- The rest of the family sorts by the same mechanism. The methods that fail here never "
+            f"let a channel count negatively ({', '.join(nonneg)}): Grad-CAM++'s relu(g) in its α, "
+            "LayerCAM's relu(g) at every position, Score-CAM's softmax weights (always positive). "
+            "Each is a positive combination of post-ReLU channels, which looks like the layer's overall "
+            "activity whatever the head says. Eigen-CAM fails too, by construction: it has no class "
+            "weights, only the layer's main direction of variation. The methods that can weight a "
+            f"channel negatively ({', '.join(signed)}) follow the head: HiResCAM and XGrad-CAM equal "
+            "Grad-CAM at these layers (the gradient is constant over positions), and Ablation-CAM, "
+            f"whose weights are signed score drops, is in between ({abl}).")
     publish(NAME, "\n".join(md) + "\n", docs=docs, figures=figures, files=files)
     print(f"published to {docs / 'results.md'} ({wall / 60:.1f} min)")
     return 0

@@ -302,3 +302,35 @@ def test_lamcam_eval_scores_the_new_methods(tmp_path, capsys):
     for key in ("average_drop", "energy", "deletion", "insertion"):
         if key in header:
             assert float(rows["hirescam"][key]) == pytest.approx(float(rows["gradcam"][key]), rel=1e-5)
+
+
+def test_ablation_hook_touches_only_the_explaining_threads_passes():
+    """Ablation-CAM replaces the layer's output with a hook; another thread running the same model
+    meanwhile must get the true outputs."""
+    import threading
+
+    net = gap_net(15)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        want = net(x)
+    alone = AblationCAM(net, layer="3", batch_size=1)(x[:1], target=0).raw
+    stop = threading.Event()
+    bad: list[float] = []
+
+    def other():
+        while not stop.is_set():
+            with torch.no_grad():
+                got = net(x)
+            if not torch.equal(got, want):
+                bad.append(float((got - want).abs().max()))
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        res = [AblationCAM(net, layer="3", batch_size=1)(x[:1], target=0).raw for _ in range(3)]
+    finally:
+        stop.set()
+        t.join()
+    assert not bad
+    for r in res:
+        torch.testing.assert_close(r, alone)

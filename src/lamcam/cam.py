@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1234,8 +1235,11 @@ class AblationCAM(_PerturbationCAM):
                         ch = list(range(c0, min(c0 + self.batch_size, c_total)))
                         ablated = _zero_channels(layer_out, layout, ch)
 
-                        def replace(_m: nn.Module, _i: Any, _o: Any, new: Tensor = ablated) -> Tensor:
-                            return new
+                        def replace(_m: nn.Module, _i: Any, _o: Any, new: Tensor = ablated,
+                                    owner: int = threading.get_ident()) -> Tensor | None:
+                            # only this thread's passes: another thread explaining the same
+                            # model meanwhile must see the layer's true output
+                            return new if threading.get_ident() == owner else None
                         h = tap.module.register_forward_hook(replace)
                         try:
                             with torch.no_grad():
