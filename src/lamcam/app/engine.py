@@ -339,9 +339,8 @@ def load_cam_image(path: str | Path, model: nn.Module, limits: Limits, *,
     from lamcam.io import ImageLoadError, ImageTooLargeError, load_fitted
 
     p = Path(path)
-    _load_checks = limits.upload_bytes if uploaded else None
-    if _load_checks is not None:
-        check_upload(p, _load_checks, "image")
+    if uploaded:
+        check_upload(p, limits.upload_bytes, "image")
     size = model_meta(model).get("input_size")
     hw = None if size is None else ((int(size),) * 2 if isinstance(size, int) else tuple(size))
     try:
