@@ -1,21 +1,27 @@
 """lamcam: exact class-activation maps and local attribution maps for PyTorch image models.
 
 >>> import lamcam
->>> sorted(lamcam.METHODS)[:3]
-['cam', 'gradcam', 'gradcam++']
+>>> list(lamcam.METHODS)[:3], len(lamcam.METHODS)
+(['cam', 'gradcam', 'gradcam++'], 13)
 """
 
 from lamcam.attribution import InputXGradient, IntegratedGradients, Saliency
 from lamcam.cam import (
     CAM,
     METHODS,
+    AblationCAM,
     CAMResult,
+    EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
     GradCAMPlusPlusSoftmax,
     GuidedBackprop,
     GuidedGradCAM,
     GuidedGradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
     explain,
     make_explainer,
 )
@@ -35,6 +41,12 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "GuidedGradCAMPlusPlus",
+    "HiResCAM",
+    "XGradCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "AblationCAM",
+    "EigenCAM",
     "InputXGradient",
     "IntegratedGradients",
     "DenseLAMResult",
@@ -51,8 +63,8 @@ __all__ = [
 ]
 
 _SUBMODULES = {
-    "attribution", "cam", "demo", "guided", "hooks", "integrate", "io", "lam", "layout", "maps", "metrics",
-    "paths", "targets", "viz", "zoo",
+    "app", "attribution", "batch", "cam", "demo", "guided", "hooks", "integrate", "io", "lam",
+    "layout", "maps", "metrics", "paths", "targets", "viz", "zoo",
 }
 
 
