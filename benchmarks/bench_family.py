@@ -56,7 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from bench_cam import floor  # this folder is on sys.path when run as a script
-from bench_peers import ROOT, minmax, restore, snapshot
+from bench_peers import ROOT, minmax, restore, run_case, snapshot
 from torch import Tensor, nn
 
 import lamcam
@@ -163,16 +163,6 @@ def make_cases(st: SimpleNamespace, model: nn.Module, method: str, targets: list
     if method in ("xgradcam", "layercam", "scorecam"):
         cases.append(Case("torchcam", tc_setup, tc_run, tc_maps, leave))
     return cases
-
-
-def run_case(case: Case, x: Tensor) -> tuple[float, Any]:
-    state = case.setup()
-    t0 = time.perf_counter()
-    out = case.run(state, x)
-    dt = time.perf_counter() - t0
-    if case.cleanup is not None:
-        case.cleanup(state)
-    return dt, out
 
 
 def main() -> None:
