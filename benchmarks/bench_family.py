@@ -56,7 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from bench_cam import floor  # this folder is on sys.path when run as a script
-from bench_peers import ROOT, minmax, restore, run_case, snapshot
+from bench_peers import ROOT, interleaved_times, minmax, restore, run_case, snapshot
 from torch import Tensor, nn
 
 import lamcam
@@ -215,13 +215,7 @@ def main() -> None:
             if label != "lamcam":
                 agree_rows.append([METHODS[method], label, float((m - maps["lamcam"]).abs().max())])
 
-        times: dict[str, list[float]] = {c.label: [] for c in cases}
-        for r in range(repeats):
-            for case in cases[r % len(cases):] + cases[: r % len(cases)]:  # rotate the starting case
-                dt, out = run_case(case, x)
-                del out
-                restore(model, snap)
-                times[case.label].append(dt)
+        times = interleaved_times(cases, x, model, snap, repeats)
         for case in cases:
             t = times[case.label]
             ratio = statistics.median(v / f for v, f in zip(t, times["floor"], strict=True))

@@ -337,6 +337,20 @@ def run_case(case: Case, x: Tensor) -> tuple[float, Any]:
     return dt, out
 
 
+def interleaved_times(cases: list, x: Tensor, model: nn.Module, snap: dict[str, Any],
+                      repeats: int) -> dict[str, list[float]]:
+    """Every case once per repeat, the starting case rotating, the model reset after each call:
+    ``{label: [seconds per repeat]}``."""
+    times: dict[str, list[float]] = {c.label: [] for c in cases}
+    for r in range(repeats):
+        for case in cases[r % len(cases):] + cases[: r % len(cases)]:
+            dt, out = run_case(case, x)
+            del out
+            restore(model, snap)
+            times[case.label].append(dt)
+    return times
+
+
 def check_state(case: Case, model: nn.Module, x: Tensor, snap: dict[str, Any]) -> tuple[str, str, Any]:
     """(after the call, after the library's cleanup, the call's output)."""
     state = case.setup()
@@ -467,13 +481,7 @@ def main() -> None:
         restore(model, snap)
 
         # 3: time / floor, interleaved
-        times: dict[str, list[float]] = {c.label: [] for c in cases}
-        for r in range(repeats):
-            for case in cases[r % len(cases):] + cases[: r % len(cases)]:  # rotate the starting case
-                dt, out = run_case(case, x)
-                del out
-                restore(model, snap)
-                times[case.label].append(dt)
+        times = interleaved_times(cases, x, model, snap, repeats)
         base = times["floor"]
         for case in cases:
             t = times[case.label]

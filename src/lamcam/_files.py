@@ -152,7 +152,7 @@ def _fmt(v: Any, digits: int) -> str:
         if v != v:
             return "n/a"
         return f"{v:.{digits}f}"
-    return str(v)
+    return str(v).replace("|", "\\|")  # a cell's own "|" must not end the cell
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 3) -> str:

@@ -344,8 +344,9 @@ def parse_target(spec: str, classes: Sequence[str] | None = None) -> Any:
 
 
 def _model_meta(model: Any) -> dict[str, Any]:
-    meta = getattr(model, "lamcam_meta", None)
-    return dict(meta) if isinstance(meta, dict) else {}
+    from lamcam.zoo import model_meta
+
+    return model_meta(model)
 
 
 def _class_name(classes: Sequence[str] | None, idx: int) -> str:
@@ -402,8 +403,9 @@ def _load_model(spec: str, arch: str | None) -> Any:
 
 
 def _input_mode(meta: dict[str, Any]) -> str:
-    channels = meta.get("channels", meta.get("in_channels", 3))
-    return "L" if channels == 1 else "RGB"
+    from lamcam.zoo import input_mode
+
+    return input_mode(meta)
 
 
 #: How ``lamcam cam`` / ``eval`` fit an image to the classifier's input size (help texts).
@@ -456,13 +458,9 @@ def _is_mask(p: Path) -> bool:
 
 
 def _input_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
-    size = meta.get("input_size")
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
+    from lamcam.zoo import input_hw
+
+    return input_hw(meta)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,13 +33,16 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from lamcam.zoo.registry import input_hw, input_mode, model_meta
 
 __all__ = [
     "AppError",
@@ -91,22 +94,18 @@ class Limits:
     lam_pixels: int = 256 * 256
 
 
-def _mb(n: int) -> str:
-    from lamcam._memory import format_bytes
-
-    return format_bytes(n)
-
-
 def check_upload(path: str | Path, limit: int, what: str) -> Path:
     """``path`` if it is a readable file of at most ``limit`` bytes, else :class:`AppError`."""
+    from lamcam._memory import format_bytes
+
     p = Path(path)
     try:
         size = p.stat().st_size
     except OSError as e:
         raise AppError(f"the uploaded {what} cannot be read ({e.strerror}); upload it again") from e
     if size > limit:
-        raise AppError(f"the uploaded {what} {p.name!r} is {_mb(size)}, above this server's "
-                       f"limit of {_mb(limit)}; upload a smaller file (or start the server with a "
+        raise AppError(f"the uploaded {what} {p.name!r} is {format_bytes(size)}, above this server's "
+                       f"limit of {format_bytes(limit)}; upload a smaller file (or start the server with a "
                        "higher limit)")
     return p
 
@@ -229,18 +228,6 @@ class ModelCache:
             return model, True
 
 
-def model_meta(model: nn.Module) -> dict[str, Any]:
-    """The model's ``lamcam_meta`` (a copy), or ``{}``."""
-    meta = getattr(model, "lamcam_meta", None)
-    return dict(meta) if isinstance(meta, dict) else {}
-
-
-def input_mode(model: nn.Module) -> str:
-    """``"L"`` for a one-channel model, else ``"RGB"`` (from ``lamcam_meta``)."""
-    meta = model_meta(model)
-    return "L" if meta.get("channels", meta.get("in_channels", 3)) == 1 else "RGB"
-
-
 # --------------------------------------------------------------------------------------------
 # session files
 # --------------------------------------------------------------------------------------------
@@ -312,44 +299,43 @@ class SessionFiles:
 # --------------------------------------------------------------------------------------------
 
 
-def _load(path: Path, mode: str, max_pixels: int, what: str, max_bytes: int | None) -> torch.Tensor:
-    from lamcam.io import ImageLoadError, ImageTooLargeError, load_image
+@contextmanager
+def _image_errors(path: Path, max_pixels: int) -> Iterator[None]:
+    """The library's image errors as :class:`AppError`, in the page's words."""
+    from lamcam.io import ImageLoadError, ImageTooLargeError
 
-    if max_bytes is not None:
-        check_upload(path, max_bytes, what)
     try:
-        return load_image(path, mode=mode, max_pixels=max_pixels)
+        yield
     except ImageTooLargeError as e:
-        raise AppError(f"the {what} {path.name!r} has {e.pixels:,} pixels, above this page's limit "
+        raise AppError(f"the image {path.name!r} has {e.pixels:,} pixels, above this page's limit "
                        f"of {max_pixels:,}; crop or downscale it") from e
     except ImageLoadError as e:
-        raise AppError(f"the {what} {path.name!r} cannot be read: {e.reason}") from e
+        raise AppError(f"the image {path.name!r} cannot be read: {e.reason}") from e
 
 
 def load_lr_image(path: str | Path, mode: str, limits: Limits, *,
                   uploaded: bool = False) -> torch.Tensor:
     """The LR image for LAM as ``(C, H, W)`` in [0, 1]; :class:`AppError` when it cannot be."""
-    return _load(Path(path), mode, limits.lam_pixels, "image",
-                 limits.upload_bytes if uploaded else None)
+    from lamcam.io import load_image
+
+    p = Path(path)
+    if uploaded:
+        check_upload(p, limits.upload_bytes, "image")
+    with _image_errors(p, limits.lam_pixels):
+        return load_image(p, mode=mode, max_pixels=limits.lam_pixels)
 
 
 def load_cam_image(path: str | Path, model: nn.Module, limits: Limits, *,
                    uploaded: bool = False) -> tuple[torch.Tensor, str]:
     """The image for a classifier, fitted to its input size (:func:`lamcam.io.load_fitted`)."""
-    from lamcam.io import ImageLoadError, ImageTooLargeError, load_fitted
+    from lamcam.io import load_fitted
 
     p = Path(path)
     if uploaded:
         check_upload(p, limits.upload_bytes, "image")
-    size = model_meta(model).get("input_size")
-    hw = None if size is None else ((int(size),) * 2 if isinstance(size, int) else tuple(size))
-    try:
-        return load_fitted(p, mode=input_mode(model), size=hw, max_pixels=limits.image_pixels)
-    except ImageTooLargeError as e:
-        raise AppError(f"the image {p.name!r} has {e.pixels:,} pixels, above this page's limit "
-                       f"of {limits.image_pixels:,}; downscale it") from e
-    except ImageLoadError as e:
-        raise AppError(f"the image {p.name!r} cannot be read: {e.reason}") from e
+    with _image_errors(p, limits.image_pixels):
+        return load_fitted(p, mode=input_mode(model), size=input_hw(model),
+                           max_pixels=limits.image_pixels)
 
 
 def image_channels(path: str | Path) -> int | None:
@@ -616,8 +602,7 @@ def layer_choices(model: nn.Module) -> tuple[list[tuple[str, str]], str | None]:
     from lamcam.layout import LayoutError, channel_hint, decide_layout, prefix_hint
 
     meta = model_meta(model)
-    size = meta.get("input_size") or 64
-    hw = (int(size),) * 2 if isinstance(size, int) else tuple(size)
+    hw = input_hw(model) or (64, 64)
     param = next(iter(model.parameters()), None)
     kw = {} if param is None else {"device": param.device, "dtype": param.dtype}
     x = torch.zeros(1, 1 if input_mode(model) == "L" else 3, *hw, **kw)

@@ -12,6 +12,7 @@ annotations.
 from pathlib import Path
 from typing import Any
 
+from lamcam._files import md_table
 from lamcam.app import engine as E
 
 __all__ = ["build_app", "CSS"]
@@ -25,15 +26,6 @@ CSS = """
 
 _CHECKPOINT_TYPES = [".safetensors", ".pth", ".pt", ".ckpt", ".bin"]
 _IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"]
-
-
-def _md_table(header: Any, rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _paths(files: Any) -> list[str]:
@@ -201,7 +193,7 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
                             progress=lambda i, n, text: progress((i, n), desc=text), step_bars=True)
         except E.AppError as e:
             raise fail(e) from e
-        table = _md_table(E.LAMRun.HEADER, run.rows)
+        table = md_table(E.LAMRun.HEADER, run.rows)
         head = (f"**{state['image_name']}**, {E.window_text(row, col, options.window, state['scale'])}"
                 f"; σ {options.sigma:g}, {options.steps} steps ({options.quadrature})")
         return f"{head}\n\n{table}", run.comparison, run.files
@@ -291,7 +283,7 @@ def build_app(files: E.SessionFiles, limits: E.Limits | None = None, *, lam_work
             raise fail(e) from e
         note = f" ({fit})" if fit else ""
         head = f"**{name}**{note}; layer {layer or 'auto'}; target {target_kind}"
-        return run.overlays, head + "\n\n" + _md_table(E.CAMRun.HEADER, run.rows), run.files
+        return run.overlays, head + "\n\n" + md_table(E.CAMRun.HEADER, run.rows), run.files
 
     def forget(request: gr.Request) -> None:
         files.drop(request.session_hash)

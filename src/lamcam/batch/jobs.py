@@ -230,11 +230,11 @@ class LAMSurvey:
         out = {}
         for m in self.models:
             model = zoo.load(m)
-            meta = getattr(model, "lamcam_meta", {}) or {}
+            meta = zoo.model_meta(model)
             if isinstance(meta.get("scale"), int):
                 out[m] = int(meta["scale"])
                 continue
-            ch = 1 if meta.get("in_channels", meta.get("channels", 3)) == 1 else 3
+            ch = 1 if zoo.input_mode(meta) == "L" else 3
             out[m] = LAM(model, progress=False).scale_of(torch.rand(ch, 32, 32))
         return out
 
@@ -323,12 +323,10 @@ class CAMWorker(Worker):
 
         self.model = zoo.load(config["model"], arch=config.get("arch"))
         self.model.eval()
-        meta = getattr(self.model, "lamcam_meta", {}) or {}
+        meta = zoo.model_meta(self.model)
         self.classes = [str(c) for c in (meta.get("classes") or [])]
-        size = meta.get("input_size")
-        self.hw = None if size is None else ((int(size),) * 2 if isinstance(size, int)
-                                             else tuple(int(v) for v in size))
-        self.mode = "L" if meta.get("channels", meta.get("in_channels", 3)) == 1 else "RGB"
+        self.hw = zoo.input_hw(meta)
+        self.mode = zoo.input_mode(meta)
         layer = config.get("layer") or meta.get("default_layer")
         if isinstance(layer, str) and "," in layer:
             layer = [s.strip() for s in layer.split(",") if s.strip()]
@@ -450,7 +448,7 @@ class LAMWorker(Worker):
         if spec not in self._models:
             model = zoo.load(spec)
             model.eval()
-            meta = getattr(model, "lamcam_meta", {}) or {}
+            meta = zoo.model_meta(model)
             c = self.config
             self._models[spec] = LAM(
                 model, sigma=c["sigma"], kernel_size=c["kernel_size"], steps=c["steps"],
@@ -471,10 +469,10 @@ class LAMWorker(Worker):
     def _rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         from lamcam._files import atomic_write_bytes, npy_bytes
         from lamcam.viz.lam import crop_statement
+        from lamcam.zoo import input_mode
 
         lam = self._lam(item["model"])
-        meta = getattr(lam.model, "lamcam_meta", {}) or {}
-        mode = "L" if meta.get("in_channels", meta.get("channels", 3)) == 1 else "RGB"
+        mode = input_mode(lam.model)
         x = self._image(item["image"], mode)
         w = int(self.config["window"])
         r = lam(x, int(item["row"]), int(item["col"]), w, coords="sr")

@@ -51,6 +51,9 @@ from torch import nn
 from lamcam import _safetensors
 
 __all__ = [
+    "model_meta",
+    "input_mode",
+    "input_hw",
     "ZooError",
     "UnknownModelError",
     "ArchSpec",
@@ -1267,3 +1270,42 @@ def _register_sr() -> None:
 
 
 _register_builtin()
+
+
+# --------------------------------------------------------------------------------------------
+# what a loaded model's metadata says about its input (one reading for the CLI, app and batch)
+# --------------------------------------------------------------------------------------------
+
+
+def model_meta(model_or_meta: Any) -> dict[str, Any]:
+    """A model's ``lamcam_meta`` (a copy; ``{}`` without one); a mapping is copied as it is."""
+    meta = model_or_meta if isinstance(model_or_meta, Mapping) else getattr(
+        model_or_meta, "lamcam_meta", None)
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def input_mode(model_or_meta: Any) -> str:
+    """``"L"`` for a one-channel model (``channels`` or ``in_channels`` is 1), else ``"RGB"``.
+
+    Example:
+        >>> input_mode({"in_channels": 1}), input_mode({}), input_mode(load("sr_edsr"))
+        ('L', 'RGB', 'RGB')
+    """
+    meta = model_meta(model_or_meta)
+    return "L" if meta.get("channels", meta.get("in_channels", 3)) == 1 else "RGB"
+
+
+def input_hw(model_or_meta: Any) -> tuple[int, int] | None:
+    """The ``(h, w)`` a classifier takes (``input_size``: an int or a pair), or ``None``.
+
+    Example:
+        >>> input_hw({"input_size": 64}), input_hw({"input_size": [32, 48]}), input_hw({})
+        ((64, 64), (32, 48), None)
+    """
+    size = model_meta(model_or_meta).get("input_size")
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
